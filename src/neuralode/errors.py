@@ -1,0 +1,27 @@
+"""Exceptions raised by the solvers. Each message names the problem and, where one exists, the fix."""
+
+from __future__ import annotations
+
+
+class ODEInputError(ValueError):
+    """Bad arguments to ``odeint``: shapes, dtypes, devices, times, method or options."""
+
+
+class SolverError(RuntimeError):
+    """The solve started but could not finish; the message says at which t."""
+
+    def __init__(self, message: str, t: float) -> None:
+        super().__init__(message)
+        self.t = t
+
+
+class StepSizeUnderflowError(SolverError):
+    """The adaptive step size fell below the floating-point resolution of t."""
+
+
+class MaxStepsExceededError(SolverError):
+    """The solve needed more than ``max_num_steps`` steps."""
+
+
+class NonFiniteStateError(SolverError):
+    """The state (or dy/dt) became NaN or Inf during the solve."""

@@ -1,0 +1,187 @@
+"""The step loop: one loop for every tableau, fixed-step or adaptive.
+
+The loop works on flat 1-D states and keeps time as Python floats (float64), so the only host
+synchronisation per step is the error norm that decides acceptance. Output values come from the
+dense output of the accepted steps (steps are not clipped to output times, only to the end).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
+from .solvers.controller import FixedGrid, IController
+from .solvers.tableau import Tableau
+from .state import FlatVectorField
+from .stats import SolverStats
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Tolerance:
+    """Error scale atol + rtol · max(|y0|, |y1|), with rtol/atol 0-d or flat (size,) tensors."""
+
+    rtol: torch.Tensor
+    atol: torch.Tensor
+    norm: Norm
+
+    def scale(self, abs_y0: torch.Tensor, abs_y1: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.atol, self.rtol, torch.maximum(abs_y0, abs_y1))
+
+
+def initial_step_size(
+    field: FlatVectorField,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    error_order: int,
+    tolerance: Tolerance,
+    direction: float,
+) -> float:
+    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4): one extra evaluation."""
+    with torch.no_grad():
+        scale = tolerance.scale(y0.abs(), y0.abs())
+        d0 = float(tolerance.norm(y0 / scale))
+        d1 = float(tolerance.norm(f0 / scale))
+        if not math.isfinite(d1):
+            raise NonFiniteStateError(f"dy/dt is NaN or Inf at the initial time t={t0:.6g}", t0)
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = field(t0 + direction * h0, y0 + (direction * h0) * f0)
+        d2 = float(tolerance.norm((f1 - f0) / scale)) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
+        return min(100 * h0, h1)
+
+
+def _minimum_step(t: float, span: float) -> float:
+    return 10.0 * math.ulp(max(abs(t), span))
+
+
+def integrate(
+    field: FlatVectorField,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    times: Sequence[float],
+    tableau: Tableau,
+    controller: IController | FixedGrid,
+    first_dt: float,
+    tolerance: Tolerance,
+    max_num_steps: int,
+    stats: SolverStats,
+) -> torch.Tensor:
+    """Solve from ``times[0]`` through ``times[-1]`` and return the states at ``times``.
+
+    Args:
+        field: the vector field on flat states.
+        y0: initial state, shape (N,).
+        f0: field(times[0], y0), shape (N,).
+        times: strictly monotonic output times (floats, in units of t).
+        tableau: the Runge–Kutta method.
+        controller: decides acceptance and the next step size.
+        first_dt: magnitude of the first step.
+        tolerance: error scale and norm (used when the controller needs an error estimate).
+        max_num_steps: bound on attempted steps.
+        stats: counters, updated in place.
+
+    Returns:
+        Tensor of shape (len(times), N).
+    """
+    coefficients = tableau.tensors(y0.dtype, y0.device)
+    a_rows, c, b, b_err = coefficients.a, coefficients.c, coefficients.b, coefficients.b_err
+    stages, fsal, dense = tableau.stages, tableau.fsal, tableau.dense
+    needs_error = controller.needs_error
+    t_end = times[-1]
+    direction = 1.0 if t_end >= times[0] else -1.0
+    span = abs(t_end - times[0])
+
+    outputs = [y0]
+    next_output = 1
+    t, y, f = times[0], y0, f0
+    abs_y = y0.abs() if needs_error else None
+    dt = first_dt
+    while next_output < len(times):
+        if stats.n_steps >= max_num_steps:
+            raise MaxStepsExceededError(
+                f"max_num_steps={max_num_steps} exceeded at t={t:.6g} (integrating from "
+                f"t={times[0]:.6g} to t={t_end:.6g}) after {stats.nfe} function evaluations; "
+                "raise options={'max_num_steps': ...}, loosen rtol/atol, or use a solver for "
+                "stiff problems",
+                t,
+            )
+        t1 = t + direction * dt
+        target = times[next_output]
+        if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target):
+            # Land exactly on the end (never step past it) or on an output time rounding missed.
+            t1 = t_end if direction * (t1 - t_end) >= 0 else target
+        step = t1 - t
+
+        if f is None:
+            f = field(t, y)
+        ks = [f]
+        y_stage = y
+        for i in range(1, stages):
+            y_stage = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=step)
+            ks.append(field(t + c[i] * step, y_stage))
+        k = torch.stack(ks)
+        y1 = y_stage if fsal else torch.addmv(y, k.T, b, alpha=step)
+
+        with torch.no_grad():
+            if needs_error:
+                abs_y1 = y1.abs()
+                error = torch.mv(k.T, b_err).div_(tolerance.scale(abs_y, abs_y1))
+                check = abs(step) * float(tolerance.norm(error))
+            else:
+                check = float(torch.linalg.vector_norm(y1, math.inf))
+        if not needs_error and not math.isfinite(check):
+            raise NonFiniteStateError(
+                f"the state became NaN or Inf in the step from t={t:.6g} to t={t1:.6g}", t
+            )
+        accept, dt_next = controller.propose(check if needs_error else 0.0, abs(step), t1)
+        if not accept:
+            stats.n_rejected += 1
+            if dt_next < _minimum_step(t, span):
+                if not math.isfinite(check):
+                    raise NonFiniteStateError(
+                        f"the state became NaN or Inf at t={t:.6g}: every step from there "
+                        f"produced non-finite values, down to dt={dt_next:.3g}",
+                        t,
+                    )
+                raise StepSizeUnderflowError(
+                    f"step size underflow at t={t:.6g}: dt={dt_next:.3g} is below the "
+                    "resolution of t; the problem may be stiff or the vector field singular "
+                    "or discontinuous there",
+                    t,
+                )
+            dt = dt_next
+            continue
+
+        stats.n_accepted += 1
+        stats.last_dt = abs(step)
+        f1 = ks[-1] if fsal else None
+        first = next_output
+        while next_output < len(times) and direction * (times[next_output] - t1) <= 0:
+            next_output += 1
+        interior = [times[j] for j in range(first, next_output) if times[j] != t1]
+        if interior:
+            if f1 is None:
+                f1 = field(t1, y1)
+            basis = k if fsal else torch.cat([k, f1[None]])
+            theta = (np.asarray(interior) - t) / step
+            powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
+            weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
+            outputs.extend(torch.addmm(y, weights, basis, alpha=step).unbind(0))
+        if next_output > first and times[next_output - 1] == t1:
+            outputs.append(y1)
+        t, y, f = t1, y1, f1
+        if needs_error:
+            abs_y = abs_y1
+        dt = dt_next
+    return torch.stack(outputs)

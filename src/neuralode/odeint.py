@@ -1,0 +1,141 @@
+"""The public door: ``odeint`` with torchdiffeq's arguments and meaning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import torch
+
+from .problem import Problem, make_problem
+from .state import State, VectorFieldFn
+from .stats import SolverStats
+
+
+class _StartTimeGradient(torch.autograd.Function):
+    """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩.
+
+    The solution's dependence on its start time: ∂y(t)/∂t0 = −Φ(t, t0) f(t0, y0), so the
+    gradient reaching y0 through the solve, contracted with −f(t0, y0), is dL/dt0.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y0: torch.Tensor, t0: torch.Tensor, problem: Problem) -> torch.Tensor:
+        ctx.problem = problem
+        ctx.save_for_backward(y0)
+        return y0.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (y0,) = ctx.saved_tensors
+        with torch.no_grad():
+            f0 = ctx.problem.field(ctx.problem.times[0], y0)
+        return grad, -(grad * f0).sum(), None
+
+
+class _OutputTimeGradient(torch.autograd.Function):
+    """Identity on the solution whose backward also returns dL/dt_i = ⟨dL/dy(t_i), f(t_i, y_i)⟩
+    for the output times after the first (the first is handled by :class:`_StartTimeGradient`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, solution: torch.Tensor, t: torch.Tensor, derivatives: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(derivatives)
+        return solution.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (derivatives,) = ctx.saved_tensors
+        grad_t = (grad * derivatives).sum(dim=1)
+        grad_t[0] = 0.0
+        return grad, grad_t, None
+
+
+def solve_with_time_gradients(
+    problem: Problem, t: torch.Tensor, solve: Any = None
+) -> torch.Tensor:
+    """Run ``solve(y0_flat)`` (default: ``problem.solve``) and, when ``t`` requires grad, attach
+    the exact-solution gradients with respect to the times. Returns shape (len(t), N)."""
+    solve = problem.solve if solve is None else solve
+    if not t.requires_grad:
+        return solve(problem.y0)
+    y0 = _StartTimeGradient.apply(problem.y0, t[0], problem)
+    solution = solve(y0)
+    solution = torch.cat([problem.y0[None], solution[1:]])  # y(t0) = y0 does not move with t0
+    with torch.no_grad():
+        derivatives = torch.stack(
+            [problem.field(time, y) for time, y in zip(problem.times, solution, strict=True)]
+        )
+    return _OutputTimeGradient.apply(solution, t, derivatives)
+
+
+@overload
+def odeint(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor = ...,
+    atol: float | torch.Tensor = ...,
+    method: str | None = ...,
+    options: Mapping[str, Any] | None = ...,
+    *,
+    return_stats: Literal[False] = ...,
+) -> State: ...
+@overload
+def odeint(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor = ...,
+    atol: float | torch.Tensor = ...,
+    method: str | None = ...,
+    options: Mapping[str, Any] | None = ...,
+    *,
+    return_stats: Literal[True],
+) -> tuple[State, SolverStats]: ...
+def odeint(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    return_stats: bool = False,
+) -> State | tuple[State, SolverStats]:
+    """Solve dy/dt = func(t, y), y(t[0]) = y0, and return y at every time in ``t``.
+
+    Drop-in for ``torchdiffeq.odeint``; gradients flow by backpropagation through the solver
+    (to y0, to func's parameters, and to ``t``).
+
+    Args:
+        func: the vector field, ``func(t, y) -> dy/dt``; t is a 0-d tensor of y0's dtype, y and
+            dy/dt have y0's structure (a tensor or a tuple of tensors).
+        y0: initial state, a tensor of any shape (batch dimensions included) or a tuple of
+            tensors sharing dtype and device; float32 or float64.
+        t: 1-D tensor of strictly increasing or strictly decreasing output times.
+        rtol: relative tolerance, a float or a tensor broadcastable to the state.
+        atol: absolute tolerance, a float or a tensor broadcastable to the state.
+        method: one of ``neuralode.METHODS`` (default ``"dopri5"``).
+        options: solver options. Any method: ``step_size`` (fixed steps of this size) or ``grid``
+            (fixed steps on these times). Adaptive methods also: ``first_step``, ``safety``
+            (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
+            ``max_num_steps`` (100000), ``norm`` (callable on the scaled error, default RMS),
+            ``controller`` (``"I"`` or ``"PI"``).
+        return_stats: also return the :class:`SolverStats` of this solve.
+
+    Returns:
+        y at the times ``t``: shape ``(len(t), *y0.shape)`` (a tuple of such for tuple states),
+        and the statistics if ``return_stats``.
+
+    Raises:
+        ODEInputError: bad arguments (shape, dtype, device, NaN/Inf, non-monotonic t, unknown
+            method or option, negative tolerance, func returning a wrong shape or dtype).
+        StepSizeUnderflowError, MaxStepsExceededError, NonFiniteStateError: the solve failed;
+            the message says at which t.
+    """
+    problem = make_problem(func, y0, t, rtol, atol, method, options)
+    solution = problem.layout.unflatten(solve_with_time_gradients(problem, t))
+    return (solution, problem.stats) if return_stats else solution

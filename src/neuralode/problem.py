@@ -1,0 +1,276 @@
+"""The public door's checks: turn odeint's arguments into a validated, flat :class:`Problem`.
+
+Every input check lives here, once, with a message that names the argument, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ODEInputError
+from .integrate import Tolerance, initial_step_size, integrate
+from .solvers.controller import CONTROLLERS, FixedGrid, IController
+from .solvers.methods import DEFAULT_METHOD, METHODS
+from .solvers.tableau import Tableau
+from .state import FlatVectorField, State, StateLayout, VectorFieldFn, rms_norm
+from .stats import SolverStats
+
+GRID_OPTIONS = {"step_size", "grid"}
+ADAPTIVE_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "max_num_steps", "norm", "controller"}
+DEFAULT_MAX_NUM_STEPS = 100_000
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ODEInputError(
+            f"{name} contains NaN or Inf ({int(bad.sum())} of {x.numel()} entries)"
+        )
+
+
+def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    if not parts or not all(torch.is_tensor(p) for p in parts):
+        raise ODEInputError(
+            f"y0 must be a torch.Tensor or a non-empty tuple of tensors, got {type(y0).__name__}"
+        )
+    for index, part in enumerate(parts):
+        name = f"y0[{index}]" if isinstance(y0, tuple) else "y0"
+        if not part.dtype.is_floating_point:
+            raise ODEInputError(
+                f"{name} must have a floating-point dtype (float32 or float64), got {part.dtype}"
+            )
+        if part.dtype != parts[0].dtype or part.device != parts[0].device:
+            raise ODEInputError(
+                f"all parts of y0 must share dtype and device: y0[0] is {_describe(parts[0])}, "
+                f"{name} is {_describe(part)}"
+            )
+        _check_finite(part, name)
+    return parts
+
+
+def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
+    if not torch.is_tensor(t):
+        raise ODEInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
+    if t.dim() != 1 or t.numel() < 1:
+        raise ODEInputError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
+    if not t.dtype.is_floating_point:
+        raise ODEInputError(f"t must have a floating-point dtype, got {t.dtype}")
+    if t.device != like.device:
+        raise ODEInputError(
+            f"t is on {t.device} but y0 is on {like.device}; put both on the same device"
+        )
+    _check_finite(t, "t")
+    times = t.detach().double().tolist()
+    if len(times) > 1:
+        direction = 1.0 if times[1] > times[0] else -1.0
+        for i in range(1, len(times)):
+            if direction * (times[i] - times[i - 1]) <= 0:
+                raise ODEInputError(
+                    "t must be strictly increasing or strictly decreasing; "
+                    f"t[{i}]={times[i]:.6g} does not follow t[{i - 1}]={times[i - 1]:.6g}"
+                )
+    return times
+
+
+def _validate_tolerance(value: Any, name: str) -> None:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        tensor = torch.as_tensor(v)
+        if bool((tensor < 0).any()) or not bool(torch.isfinite(tensor).all()):
+            raise ODEInputError(f"{name} must be finite and non-negative, got {v}")
+
+
+def _check_derivative(f0: State, layout: StateLayout, like: torch.Tensor) -> None:
+    outputs = f0 if isinstance(f0, tuple) else (f0,)
+    kind = f"a tuple of {len(layout.shapes)} tensors" if layout.is_tuple else "a tensor"
+    if isinstance(f0, tuple) != layout.is_tuple or len(outputs) != len(layout.shapes):
+        raise ODEInputError(
+            f"func(t, y) must return a state like y ({kind}), got {type(f0).__name__}"
+        )
+    for index, (out, shape) in enumerate(zip(outputs, layout.shapes, strict=True)):
+        suffix = f"[{index}]" if layout.is_tuple else ""
+        if not torch.is_tensor(out):
+            raise ODEInputError(f"func(t, y){suffix} must be a tensor, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned shape {tuple(out.shape)} but y{suffix} has shape "
+                f"{tuple(shape)}: dy/dt must have the shape of y"
+            )
+        if out.dtype != like.dtype:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned dtype {out.dtype} but y{suffix} has dtype "
+                f"{like.dtype}: dy/dt must have the dtype of y"
+            )
+        if out.device != like.device:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned a tensor on {out.device} but y{suffix} is on "
+                f"{like.device}"
+            )
+
+
+def _resolve_method(method: str | None) -> Tableau:
+    name = DEFAULT_METHOD if method is None else method
+    if name not in METHODS:
+        raise ODEInputError(
+            f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))}"
+        )
+    return METHODS[name]
+
+
+def _check_options(options: Mapping[str, Any], tableau: Tableau) -> None:
+    valid = GRID_OPTIONS | (ADAPTIVE_OPTIONS if tableau.adaptive else set())
+    for key in options:
+        if key not in valid:
+            raise ODEInputError(
+                f"unknown option {key!r} for method {tableau.name!r}; valid options are: "
+                f"{', '.join(sorted(valid))}"
+            )
+    if "step_size" in options and "grid" in options:
+        raise ODEInputError("give options 'step_size' or 'grid', not both")
+    step_size = options.get("step_size")
+    if step_size is not None and not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise ODEInputError(f"option 'step_size' must be a positive number, got {step_size!r}")
+    controller = options.get("controller", "I")
+    if controller not in CONTROLLERS:
+        raise ODEInputError(
+            f"unknown controller {controller!r}; valid controllers are: {', '.join(CONTROLLERS)}"
+        )
+    max_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ODEInputError(f"option 'max_num_steps' must be a positive integer, got {max_steps!r}")
+
+
+def _grid(options: Mapping[str, Any], times: list[float]) -> list[float] | None:
+    """Fixed-step grid from the options; None for adaptive stepping."""
+    t0, t1 = times[0], times[-1]
+    direction = 1.0 if t1 >= t0 else -1.0
+    if "step_size" in options:
+        h = float(options["step_size"])
+        n = max(1, math.ceil(abs(t1 - t0) / h - 1e-9))
+        return [t0 + direction * h * i for i in range(n)] + [t1]
+    if "grid" in options:
+        grid = [float(g) for g in torch.as_tensor(options["grid"]).reshape(-1).tolist()]
+        ordered = all(direction * (b - a) > 0 for a, b in zip(grid, grid[1:]))
+        if len(grid) < 2 or not ordered or grid[0] != t0 or grid[-1] != t1:
+            raise ODEInputError(
+                "option 'grid' must be strictly monotonic in the direction of t and run from "
+                f"t[0]={t0:.6g} to t[-1]={t1:.6g}"
+            )
+        return grid
+    return None
+
+
+@dataclass
+class Problem:
+    """A validated initial value problem on flat states.
+
+    Attributes:
+        layout: shapes of the user's state.
+        y0: flat initial state, shape (N,).
+        times: output times as floats.
+        field: the vector field on flat states (counts NFE into ``stats``).
+        tableau: the method.
+        options: the solver options.
+        tolerance: error scale and norm.
+        stats: counters of this problem's solves.
+    """
+
+    layout: StateLayout
+    y0: torch.Tensor
+    times: list[float]
+    field: FlatVectorField
+    tableau: Tableau
+    options: Mapping[str, Any]
+    tolerance: Tolerance
+    stats: SolverStats
+
+    def first_derivative(self, y0: torch.Tensor) -> torch.Tensor:
+        """f(t[0], y0) for a flat y0, checking func's output shape, dtype and device."""
+        self.stats.nfe += 1
+        like = self.y0
+        f0 = self.field.func(
+            torch.full((), self.times[0], dtype=like.dtype, device=like.device),
+            self.layout.unflatten(y0),
+        )
+        _check_derivative(f0, self.layout, like)
+        return self.layout.flatten(f0)
+
+    def solve(self, y0: torch.Tensor | None = None) -> torch.Tensor:
+        """States at ``times``, shape (len(times), N), from the flat ``y0`` (default: the
+        problem's own)."""
+        y0 = self.y0 if y0 is None else y0
+        f0 = self.first_derivative(y0)
+        if len(self.times) == 1:
+            return y0[None]
+        options = self.options
+        grid = _grid(options, self.times)
+        direction = 1.0 if self.times[-1] >= self.times[0] else -1.0
+        controller: IController | FixedGrid
+        if grid is not None:
+            controller = FixedGrid(grid)
+            first_dt = controller.first_dt(self.times[0])
+        else:
+            controller = CONTROLLERS[options.get("controller", "I")](
+                error_order=self.tableau.error_order,
+                **{k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options},
+            )
+            first_dt = options.get("first_step") or initial_step_size(
+                self.field, self.times[0], y0, f0, self.tableau.error_order, self.tolerance, direction
+            )
+        return integrate(
+            self.field,
+            y0,
+            f0,
+            self.times,
+            self.tableau,
+            controller,
+            abs(float(first_dt)),
+            self.tolerance,
+            options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS),
+            self.stats,
+        )
+
+
+def make_problem(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    method: str | None,
+    options: Mapping[str, Any] | None,
+) -> Problem:
+    """Validate odeint's arguments and build the flat problem."""
+    if not callable(func):
+        raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    parts = _validate_y0(y0)
+    times = _validate_t(t, parts[0])
+    tableau = _resolve_method(method)
+    options = dict(options or {})
+    _check_options(options, tableau)
+    _validate_tolerance(rtol, "rtol")
+    _validate_tolerance(atol, "atol")
+
+    layout = StateLayout(y0)
+    like = parts[0]
+    stats = SolverStats()
+    try:
+        tolerance = Tolerance(
+            rtol=layout.broadcast(rtol, "rtol", like),
+            atol=layout.broadcast(atol, "atol", like),
+            norm=options.get("norm", rms_norm),
+        )
+    except ValueError as error:
+        raise ODEInputError(str(error)) from None
+    field = FlatVectorField(func, layout, like, stats)
+    return Problem(layout, layout.flatten(y0), times, field, tableau, options, tolerance, stats)
