@@ -1,4 +1,4 @@
-"""Exceptions raised by the solvers. Each message names the problem and, where one exists, the fix."""
+"""Exceptions raised by the solvers: each message names the problem and, and the fix."""
 
 from __future__ import annotations
 

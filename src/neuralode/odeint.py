@@ -52,9 +52,7 @@ class _OutputTimeGradient(torch.autograd.Function):
         return grad, grad_t, None
 
 
-def solve_with_time_gradients(
-    problem: Problem, t: torch.Tensor, solve: Any = None
-) -> torch.Tensor:
+def solve_with_time_gradients(problem: Problem, t: torch.Tensor, solve: Any = None) -> torch.Tensor:
     """Run ``solve(y0_flat)`` (default: ``problem.solve``) and, when ``t`` requires grad, attach
     the exact-solution gradients with respect to the times. Returns shape (len(t), N)."""
     solve = problem.solve if solve is None else solve

@@ -5,6 +5,7 @@ Every input check lives here, once, with a message that names the argument, the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,15 @@ from .state import FlatVectorField, State, StateLayout, VectorFieldFn, rms_norm
 from .stats import SolverStats
 
 GRID_OPTIONS = {"step_size", "grid"}
-ADAPTIVE_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "max_num_steps", "norm", "controller"}
+ADAPTIVE_OPTIONS = {
+    "first_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "max_num_steps",
+    "norm",
+    "controller",
+}
 DEFAULT_MAX_NUM_STEPS = 100_000
 
 
@@ -32,9 +41,7 @@ def _describe(x: torch.Tensor) -> str:
 def _check_finite(x: torch.Tensor, name: str) -> None:
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        raise ODEInputError(
-            f"{name} contains NaN or Inf ({int(bad.sum())} of {x.numel()} entries)"
-        )
+        raise ODEInputError(f"{name} contains NaN or Inf ({int(bad.sum())} of {x.numel()} entries)")
 
 
 def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
@@ -62,7 +69,9 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
     if not torch.is_tensor(t):
         raise ODEInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
     if t.dim() != 1 or t.numel() < 1:
-        raise ODEInputError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
+        raise ODEInputError(
+            f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}"
+        )
     if not t.dtype.is_floating_point:
         raise ODEInputError(f"t must have a floating-point dtype, got {t.dtype}")
     if t.device != like.device:
@@ -150,8 +159,9 @@ def _check_options(options: Mapping[str, Any], tableau: Tableau) -> None:
         raise ODEInputError(f"option 'max_num_steps' must be a positive integer, got {max_steps!r}")
 
 
-def _grid(options: Mapping[str, Any], times: list[float]) -> list[float] | None:
-    """Fixed-step grid from the options; None for adaptive stepping."""
+def _grid(options: Mapping[str, Any], times: list[float], adaptive: bool) -> list[float] | None:
+    """Fixed-step grid from the options (fixed-step methods default to the output times);
+    None for adaptive stepping."""
     t0, t1 = times[0], times[-1]
     direction = 1.0 if t1 >= t0 else -1.0
     if "step_size" in options:
@@ -159,15 +169,21 @@ def _grid(options: Mapping[str, Any], times: list[float]) -> list[float] | None:
         n = max(1, math.ceil(abs(t1 - t0) / h - 1e-9))
         return [t0 + direction * h * i for i in range(n)] + [t1]
     if "grid" in options:
-        grid = [float(g) for g in torch.as_tensor(options["grid"]).reshape(-1).tolist()]
-        ordered = all(direction * (b - a) > 0 for a, b in zip(grid, grid[1:]))
+        given = torch.as_tensor(options["grid"])
+        grid = given.detach().double().reshape(-1).tolist()
+        if len(grid) >= 2 and given.dtype != torch.float64:
+            # Endpoints given in lower precision stand for t's endpoints.
+            rounded = torch.tensor([t0, t1], dtype=given.dtype).double().tolist()
+            grid[0] = t0 if grid[0] == rounded[0] else grid[0]
+            grid[-1] = t1 if grid[-1] == rounded[1] else grid[-1]
+        ordered = all(direction * (b - a) > 0 for a, b in itertools.pairwise(grid))
         if len(grid) < 2 or not ordered or grid[0] != t0 or grid[-1] != t1:
             raise ODEInputError(
                 "option 'grid' must be strictly monotonic in the direction of t and run from "
                 f"t[0]={t0:.6g} to t[-1]={t1:.6g}"
             )
         return grid
-    return None
+    return None if adaptive else list(times)
 
 
 @dataclass
@@ -213,7 +229,7 @@ class Problem:
         if len(self.times) == 1:
             return y0[None]
         options = self.options
-        grid = _grid(options, self.times)
+        grid = _grid(options, self.times, self.tableau.adaptive)
         direction = 1.0 if self.times[-1] >= self.times[0] else -1.0
         controller: IController | FixedGrid
         if grid is not None:
@@ -225,7 +241,13 @@ class Problem:
                 **{k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options},
             )
             first_dt = options.get("first_step") or initial_step_size(
-                self.field, self.times[0], y0, f0, self.tableau.error_order, self.tolerance, direction
+                self.field,
+                self.times[0],
+                y0,
+                f0,
+                self.tableau.error_order,
+                self.tolerance,
+                direction,
             )
         return integrate(
             self.field,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
 
 import torch
 
 from .stats import SolverStats
 
-State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+State = torch.Tensor | tuple[torch.Tensor, ...]
 VectorFieldFn = Callable[[torch.Tensor, State], State]
 
 

@@ -9,6 +9,7 @@ keep only their own memory (the PI controller's previous error), so make one per
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class FixedGrid:
         self._direction = 1.0 if grid[-1] >= grid[0] else -1.0
         self._keys = [self._direction * g for g in grid]
         # Times within this of a grid point count as on it (absorbs rounding of t + dt).
-        self._slack = 1e-9 * min((b - a for a, b in zip(self._keys, self._keys[1:])), default=1.0)
+        self._slack = 1e-9 * min((b - a for a, b in itertools.pairwise(self._keys)), default=1.0)
 
     def first_dt(self, t0: float) -> float:
         return self.propose(0.0, 0.0, t0)[1]

@@ -109,9 +109,7 @@ class Tableau:
             for i, poly in enumerate(self.dense_basis):
                 dense[i, : len(poly)] = poly
         else:
-            named = (
-                _quartic_with_midpoint_named() if self.c_mid is not None else _hermite_named()
-            )
+            named = _quartic_with_midpoint_named() if self.c_mid is not None else _hermite_named()
             vectors = {
                 "f0": np.eye(stages + 1)[0],
                 "f1": np.eye(stages + 1)[stages],
