@@ -10,7 +10,8 @@ from .errors import (
     SolverError,
     StepSizeUnderflowError,
 )
-from .odeint import odeint
+from .gradients import Adjoint, Backprop, Checkpointed
+from .odeint import odeint, odeint_adjoint
 from .solvers import METHODS
 from .stats import SolverStats
 
@@ -18,6 +19,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Adjoint",
+    "Backprop",
+    "Checkpointed",
     "MaxStepsExceededError",
     "NonFiniteStateError",
     "ODEInputError",
@@ -25,4 +29,5 @@ __all__ = [
     "SolverStats",
     "StepSizeUnderflowError",
     "odeint",
+    "odeint_adjoint",
 ]

@@ -7,6 +7,7 @@ dense output of the accepted steps (steps are not clipped to output times, only 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflo
 from .solvers.controller import FixedGrid, IController
 from .solvers.tableau import Tableau
 from .state import FlatVectorField
-from .stats import SolverStats
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,19 +65,18 @@ def _minimum_step(t: float, span: float) -> float:
     return 10.0 * math.ulp(max(abs(t), span))
 
 
-def integrate(
-    field: FlatVectorField,
-    y0: torch.Tensor,
-    f0: torch.Tensor,
-    times: Sequence[float],
-    tableau: Tableau,
-    controller: IController | FixedGrid,
-    first_dt: float,
-    tolerance: Tolerance,
-    max_num_steps: int,
-    stats: SolverStats,
-) -> torch.Tensor:
-    """Solve from ``times[0]`` through ``times[-1]`` and return the states at ``times``.
+@dataclass
+class Checkpoint:
+    """Where a :class:`StepLoop` stands between steps: enough to rerun it from there."""
+
+    t: float
+    dt: float
+    next_output: int
+    controller: IController | FixedGrid
+
+
+class StepLoop:
+    """Solves from ``times[0]`` through ``times[-1]``, collecting the states at ``times``.
 
     Args:
         field: the vector field on flat states.
@@ -85,103 +84,146 @@ def integrate(
         f0: field(times[0], y0), shape (N,).
         times: strictly monotonic output times (floats, in units of t).
         tableau: the Runge–Kutta method.
-        controller: decides acceptance and the next step size.
+        controller: decides acceptance and the next step size (its memory lives in it).
         first_dt: magnitude of the first step.
         tolerance: error scale and norm (used when the controller needs an error estimate).
         max_num_steps: bound on attempted steps.
-        stats: counters, updated in place.
 
-    Returns:
-        Tensor of shape (len(times), N).
+    Counters go to ``field.stats``.
     """
-    coefficients = tableau.tensors(y0.dtype, y0.device)
-    a_rows, c, b, b_err = coefficients.a, coefficients.c, coefficients.b, coefficients.b_err
-    stages, fsal, dense = tableau.stages, tableau.fsal, tableau.dense
-    needs_error = controller.needs_error
-    t_end = times[-1]
-    direction = 1.0 if t_end >= times[0] else -1.0
-    span = abs(t_end - times[0])
 
-    outputs = [y0]
-    next_output = 1
-    t, y, f = times[0], y0, f0
-    abs_y = y0.abs() if needs_error else None
-    dt = first_dt
-    while next_output < len(times):
-        if stats.n_steps >= max_num_steps:
-            raise MaxStepsExceededError(
-                f"max_num_steps={max_num_steps} exceeded at t={t:.6g} (integrating from "
-                f"t={times[0]:.6g} to t={t_end:.6g}) after {stats.nfe} function evaluations; "
-                "raise options={'max_num_steps': ...}, loosen rtol/atol, or use a solver for "
-                "stiff problems",
-                t,
-            )
-        t1 = t + direction * dt
-        target = times[next_output]
-        if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target):
-            # Land exactly on the end (never step past it) or on an output time rounding missed.
-            t1 = t_end if direction * (t1 - t_end) >= 0 else target
-        step = t1 - t
+    def __init__(
+        self,
+        field: FlatVectorField,
+        y0: torch.Tensor,
+        f0: torch.Tensor | None,
+        times: Sequence[float],
+        tableau: Tableau,
+        controller: IController | FixedGrid,
+        first_dt: float,
+        tolerance: Tolerance,
+        max_num_steps: int,
+    ) -> None:
+        self.field, self.times, self.tableau = field, list(times), tableau
+        self.controller, self.tolerance = controller, tolerance
+        self.max_num_steps = max_num_steps
+        self.direction = 1.0 if times[-1] >= times[0] else -1.0
+        self.span = abs(times[-1] - times[0])
+        self.t, self.y, self.f, self.dt = times[0], y0, f0, first_dt
+        self.next_output = 1
 
-        if f is None:
-            f = field(t, y)
-        ks = [f]
-        y_stage = y
-        for i in range(1, stages):
-            y_stage = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=step)
-            ks.append(field(t + c[i] * step, y_stage))
-        k = torch.stack(ks)
-        y1 = y_stage if fsal else torch.addmv(y, k.T, b, alpha=step)
+    @property
+    def done(self) -> bool:
+        return self.next_output >= len(self.times)
 
-        with torch.no_grad():
-            if needs_error:
-                abs_y1 = y1.abs()
-                error = torch.mv(k.T, b_err).div_(tolerance.scale(abs_y, abs_y1))
-                check = abs(step) * float(tolerance.norm(error))
-            else:
-                check = float(torch.linalg.vector_norm(y1, math.inf))
-        if not needs_error and not math.isfinite(check):
-            raise NonFiniteStateError(
-                f"the state became NaN or Inf in the step from t={t:.6g} to t={t1:.6g}", t
-            )
-        accept, dt_next = controller.propose(check if needs_error else 0.0, abs(step), t1)
-        if not accept:
-            stats.n_rejected += 1
-            if dt_next < _minimum_step(t, span):
-                if not math.isfinite(check):
-                    raise NonFiniteStateError(
-                        f"the state became NaN or Inf at t={t:.6g}: every step from there "
-                        f"produced non-finite values, down to dt={dt_next:.3g}",
-                        t,
-                    )
-                raise StepSizeUnderflowError(
-                    f"step size underflow at t={t:.6g}: dt={dt_next:.3g} is below the "
-                    "resolution of t; the problem may be stiff or the vector field singular "
-                    "or discontinuous there",
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.t, self.dt, self.next_output, copy.copy(self.controller))
+
+    def restart(self, checkpoint: Checkpoint, y: torch.Tensor) -> None:
+        """Continue from a checkpoint with state y (dy/dt is evaluated afresh)."""
+        self.t, self.dt, self.next_output = checkpoint.t, checkpoint.dt, checkpoint.next_output
+        self.controller = copy.copy(checkpoint.controller)
+        self.y, self.f = y, None
+
+    def run(self, max_accepted: int | None = None) -> list[torch.Tensor]:
+        """Take steps until the end (or ``max_accepted`` accepted steps); return the states at
+        the output times passed, each of shape (N,)."""
+        times, t_end, direction = self.times, self.times[-1], self.direction
+        tableau, controller, tolerance, stats = (
+            self.tableau, self.controller, self.tolerance, self.field.stats
+        )  # fmt: skip
+        field = self.field
+        coefficients = tableau.tensors(self.y.dtype, self.y.device)
+        a_rows, c, b, b_err = coefficients.a, coefficients.c, coefficients.b, coefficients.b_err
+        stages, fsal, dense = tableau.stages, tableau.fsal, tableau.dense
+        needs_error = controller.needs_error
+        t, y, f, dt, next_output = self.t, self.y, self.f, self.dt, self.next_output
+        abs_y = y.detach().abs() if needs_error else None
+        outputs: list[torch.Tensor] = []
+        accepted = 0
+        while next_output < len(times) and (max_accepted is None or accepted < max_accepted):
+            if stats.n_steps >= self.max_num_steps:
+                raise MaxStepsExceededError(
+                    f"max_num_steps={self.max_num_steps} exceeded at t={t:.6g} (integrating from "
+                    f"t={times[0]:.6g} to t={t_end:.6g}) after {stats.nfe} function evaluations; "
+                    "raise options={'max_num_steps': ...}, loosen rtol/atol, or use a solver "
+                    "for stiff problems",
                     t,
                 )
-            dt = dt_next
-            continue
+            t1 = t + direction * dt
+            target = times[next_output]
+            if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target):
+                # Land exactly on the end (never step past it) or on an output time rounding missed.
+                t1 = t_end if direction * (t1 - t_end) >= 0 else target
+            step = t1 - t
 
-        stats.n_accepted += 1
-        stats.last_dt = abs(step)
-        f1 = ks[-1] if fsal else None
-        first = next_output
-        while next_output < len(times) and direction * (times[next_output] - t1) <= 0:
-            next_output += 1
-        interior = [times[j] for j in range(first, next_output) if times[j] != t1]
-        if interior:
-            if f1 is None:
-                f1 = field(t1, y1)
-            basis = k if fsal else torch.cat([k, f1[None]])
-            theta = (np.asarray(interior) - t) / step
-            powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
-            weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
-            outputs.extend(torch.addmm(y, weights, basis, alpha=step).unbind(0))
-        if next_output > first and times[next_output - 1] == t1:
-            outputs.append(y1)
-        t, y, f = t1, y1, f1
-        if needs_error:
-            abs_y = abs_y1
-        dt = dt_next
-    return torch.stack(outputs)
+            if f is None:
+                f = field(t, y)
+            ks = [f]
+            y_stage = y
+            for i in range(1, stages):
+                y_stage = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=step)
+                ks.append(field(t + c[i] * step, y_stage))
+            k = torch.stack(ks)
+            y1 = y_stage if fsal else torch.addmv(y, k.T, b, alpha=step)
+
+            with torch.no_grad():
+                if needs_error:
+                    abs_y1 = y1.abs()
+                    error = torch.mv(k.T, b_err).div_(tolerance.scale(abs_y, abs_y1))
+                    check = abs(step) * float(tolerance.norm(error))
+                else:
+                    check = float(torch.linalg.vector_norm(y1, math.inf))
+            if not needs_error and not math.isfinite(check):
+                raise NonFiniteStateError(
+                    f"the state became NaN or Inf in the step from t={t:.6g} to t={t1:.6g}", t
+                )
+            accept, dt_next = controller.propose(check if needs_error else 0.0, abs(step), t1)
+            if not accept:
+                stats.n_rejected += 1
+                if dt_next < _minimum_step(t, self.span):
+                    if not math.isfinite(check):
+                        raise NonFiniteStateError(
+                            f"the state became NaN or Inf at t={t:.6g}: every step from there "
+                            f"produced non-finite values, down to dt={dt_next:.3g}",
+                            t,
+                        )
+                    raise StepSizeUnderflowError(
+                        f"step size underflow at t={t:.6g}: dt={dt_next:.3g} is below the "
+                        "resolution of t; the problem may be stiff or the vector field singular "
+                        "or discontinuous there",
+                        t,
+                    )
+                dt = dt_next
+                continue
+
+            stats.n_accepted += 1
+            accepted += 1
+            stats.last_dt = abs(step)
+            f1 = ks[-1] if fsal else None
+            first = next_output
+            while next_output < len(times) and direction * (times[next_output] - t1) <= 0:
+                next_output += 1
+            interior = [times[j] for j in range(first, next_output) if times[j] != t1]
+            if interior:
+                if f1 is None:
+                    f1 = field(t1, y1)
+                basis = k if fsal else torch.cat([k, f1[None]])
+                theta = (np.asarray(interior) - t) / step
+                powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
+                weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
+                outputs.extend(torch.addmm(y, weights, basis, alpha=step).unbind(0))
+            if next_output > first and times[next_output - 1] == t1:
+                outputs.append(y1)
+            t, y, f = t1, y1, f1
+            if needs_error:
+                abs_y = abs_y1
+            dt = dt_next
+        self.t, self.y, self.f, self.dt, self.next_output = t, y, f, dt, next_output
+        self.controller = controller
+        return outputs
+
+
+def integrate(loop: StepLoop) -> torch.Tensor:
+    """Run a loop to the end: states at all its times, shape (len(times), N)."""
+    return torch.stack([loop.y, *loop.run()])

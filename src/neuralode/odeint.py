@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
 import torch
 
+from .gradients import Adjoint, GradientMode, gradient_mode
 from .problem import Problem, make_problem
 from .state import State, VectorFieldFn
 from .stats import SolverStats
@@ -52,14 +53,15 @@ class _OutputTimeGradient(torch.autograd.Function):
         return grad, grad_t, None
 
 
-def solve_with_time_gradients(problem: Problem, t: torch.Tensor, solve: Any = None) -> torch.Tensor:
-    """Run ``solve(y0_flat)`` (default: ``problem.solve``) and, when ``t`` requires grad, attach
-    the exact-solution gradients with respect to the times. Returns shape (len(t), N)."""
-    solve = problem.solve if solve is None else solve
+def solve_with_time_gradients(
+    problem: Problem, t: torch.Tensor, mode: GradientMode
+) -> torch.Tensor:
+    """Solve with the gradient mode and, when ``t`` requires grad, attach the exact-solution
+    gradients with respect to the times. Returns shape (len(t), N)."""
     if not t.requires_grad:
-        return solve(problem.y0)
+        return mode.solve(problem, problem.y0)
     y0 = _StartTimeGradient.apply(problem.y0, t[0], problem)
-    solution = solve(y0)
+    solution = mode.solve(problem, y0)
     solution = torch.cat([problem.y0[None], solution[1:]])  # y(t0) = y0 does not move with t0
     with torch.no_grad():
         derivatives = torch.stack(
@@ -78,6 +80,7 @@ def odeint(
     method: str | None = ...,
     options: Mapping[str, Any] | None = ...,
     *,
+    gradient: str | GradientMode = ...,
     return_stats: Literal[False] = ...,
 ) -> State: ...
 @overload
@@ -90,6 +93,7 @@ def odeint(
     method: str | None = ...,
     options: Mapping[str, Any] | None = ...,
     *,
+    gradient: str | GradientMode = ...,
     return_stats: Literal[True],
 ) -> tuple[State, SolverStats]: ...
 def odeint(
@@ -101,12 +105,13 @@ def odeint(
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     *,
+    gradient: str | GradientMode = "backprop",
     return_stats: bool = False,
 ) -> State | tuple[State, SolverStats]:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return y at every time in ``t``.
 
-    Drop-in for ``torchdiffeq.odeint``; gradients flow by backpropagation through the solver
-    (to y0, to func's parameters, and to ``t``).
+    Drop-in for ``torchdiffeq.odeint``; gradients flow to y0, to func's parameters, and to
+    ``t``, by backpropagation through the solver unless ``gradient`` says otherwise.
 
     Args:
         func: the vector field, ``func(t, y) -> dy/dt``; t is a 0-d tensor of y0's dtype, y and
@@ -122,7 +127,11 @@ def odeint(
             (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
             ``max_num_steps`` (100000), ``norm`` (callable on the scaled error, default RMS),
             ``controller`` (``"I"`` or ``"PI"``).
-        return_stats: also return the :class:`SolverStats` of this solve.
+        gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
+            ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
+            :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.
+        return_stats: also return the :class:`SolverStats` of this solve (its backward fields
+            fill in when the gradient is computed).
 
     Returns:
         y at the times ``t``: shape ``(len(t), *y0.shape)`` (a tuple of such for tuple states),
@@ -134,6 +143,37 @@ def odeint(
         StepSizeUnderflowError, MaxStepsExceededError, NonFiniteStateError: the solve failed;
             the message says at which t.
     """
+    mode = gradient_mode(gradient)
     problem = make_problem(func, y0, t, rtol, atol, method, options)
-    solution = problem.layout.unflatten(solve_with_time_gradients(problem, t))
+    solution = problem.layout.unflatten(solve_with_time_gradients(problem, t, mode))
     return (solution, problem.stats) if return_stats else solution
+
+
+def odeint_adjoint(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    *,
+    return_stats: bool = False,
+) -> State | tuple[State, SolverStats]:
+    """``odeint`` differentiated by the adjoint method: drop-in for
+    ``torchdiffeq.odeint_adjoint``. Memory is O(1) in the number of steps.
+
+    The adjoint_* arguments configure the backward solve and default to the forward ones;
+    ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient channels out of its
+    error control (fewer backward steps). ``func`` must be an ``nn.Module`` unless
+    ``adjoint_params`` lists the tensors it depends on. See :func:`odeint` for the rest.
+    """
+    mode = Adjoint(adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, adjoint_params)
+    return odeint(
+        func, y0, t, rtol, atol, method, options, gradient=mode, return_stats=return_stats
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ODEInputError
-from .integrate import Tolerance, initial_step_size, integrate
+from .integrate import StepLoop, Tolerance, initial_step_size, integrate
 from .solvers.controller import CONTROLLERS, FixedGrid, IController
 from .solvers.methods import DEFAULT_METHOD, METHODS
 from .solvers.tableau import Tableau
@@ -221,13 +221,8 @@ class Problem:
         _check_derivative(f0, self.layout, like)
         return self.layout.flatten(f0)
 
-    def solve(self, y0: torch.Tensor | None = None) -> torch.Tensor:
-        """States at ``times``, shape (len(times), N), from the flat ``y0`` (default: the
-        problem's own)."""
-        y0 = self.y0 if y0 is None else y0
-        f0 = self.first_derivative(y0)
-        if len(self.times) == 1:
-            return y0[None]
+    def loop(self, y0: torch.Tensor, f0: torch.Tensor) -> StepLoop:
+        """A step loop from the flat ``y0`` with f0 = f(t[0], y0), set up from the options."""
         options = self.options
         grid = _grid(options, self.times, self.tableau.adaptive)
         direction = 1.0 if self.times[-1] >= self.times[0] else -1.0
@@ -249,7 +244,7 @@ class Problem:
                 self.tolerance,
                 direction,
             )
-        return integrate(
+        return StepLoop(
             self.field,
             y0,
             f0,
@@ -259,8 +254,16 @@ class Problem:
             abs(float(first_dt)),
             self.tolerance,
             options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS),
-            self.stats,
         )
+
+    def solve(self, y0: torch.Tensor | None = None) -> torch.Tensor:
+        """States at ``times``, shape (len(times), N), from the flat ``y0`` (default: the
+        problem's own), differentiable by backpropagation through the steps."""
+        y0 = self.y0 if y0 is None else y0
+        f0 = self.first_derivative(y0)
+        if len(self.times) == 1:
+            return y0[None]
+        return integrate(self.loop(y0, f0))
 
 
 def make_problem(

@@ -1,0 +1,247 @@
+"""How a solve is differentiated: three gradient modes, picked by one argument.
+
+- :class:`Backprop`: autograd through every operation of the solver. The exact gradient of the
+  discrete solve; memory grows with the number of steps.
+- :class:`Adjoint`: the adjoint sensitivity method (Chen et al. 2018). The forward solve keeps no
+  graph; the backward pass solves the augmented ODE [y, a, ∂L/∂θ] from the last time to the
+  first. Memory is O(1) in the number of steps; the gradient is exact up to the solver's error.
+- :class:`Checkpointed`: the exact gradient of the discrete solve, like Backprop, with memory
+  bounded by segments of ``every`` steps: each segment is recomputed during the backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .errors import ODEInputError
+from .integrate import Checkpoint, StepLoop
+from .problem import Problem, make_problem
+from .state import rms_norm
+from .stats import SolverStats
+
+
+class GradientMode(Protocol):
+    def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        """States at ``problem.times`` from the flat ``y0``: shape (len(times), N)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Backprop:
+    """Backpropagate through the solver (torchdiffeq's ``odeint``)."""
+
+    def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        return problem.solve(y0)
+
+
+class _SegmentRun:
+    """One checkpointed segment: its first run counts as forward work, reruns as backward."""
+
+    def __init__(self, loop: StepLoop, start: Checkpoint, every: int, stats: SolverStats) -> None:
+        self.loop, self.start, self.every, self.stats = loop, start, every, stats
+        self.runs = 0
+
+    def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.runs += 1
+        self.loop.restart(self.start, y)
+        if self.runs == 1:
+            return (*self.loop.run(self.every), self.loop.y)
+        # Recomputation during backward: counted apart. torch may stop it early (once the
+        # tensors it needs exist), hence the finally.
+        field = self.loop.field
+        field.stats = SolverStats()
+        try:
+            return (*self.loop.run(self.every), self.loop.y)
+        finally:
+            self.stats.backward_nfe += field.stats.nfe
+            self.stats.backward_steps += field.stats.n_steps
+            field.stats = self.stats
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """Exact discrete gradient with memory O((steps / every) + every) states.
+
+    Args:
+        every: accepted steps per recomputed segment.
+    """
+
+    every: int = 32
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise ODEInputError(
+                f"Checkpointed(every=...) must be a positive integer, got {self.every!r}"
+            )
+
+    def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        f0 = problem.first_derivative(y0)
+        if len(problem.times) == 1:
+            return y0[None]
+        with torch.no_grad():
+            loop = problem.loop(y0, f0)  # only to size the first step
+        outputs, y = [y0], y0
+        while not loop.done:
+            segment = _SegmentRun(loop, loop.checkpoint(), self.every, problem.stats)
+            *reached, y = checkpoint(segment, y, use_reentrant=False)
+            outputs.extend(reached)
+        return torch.stack(outputs)
+
+
+def _leaves(output: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors that require grad and that ``output``'s autograd graph reaches."""
+    leaves, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """The adjoint sensitivity method (torchdiffeq's ``odeint_adjoint``).
+
+    Args:
+        rtol, atol: tolerances of the backward solve (default: the forward ones).
+        method: method of the backward solve (default: the forward one).
+        options: options of the backward solve (default: the forward ones); ``"norm":
+            "seminorm"`` leaves the parameter-gradient channels out of the error control.
+        params: the tensors to differentiate with respect to (default: ``func.parameters()``).
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    method: str | None = None
+    options: Mapping[str, Any] | None = None
+    params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
+
+    def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        params = self._params(problem, y0)
+        return _AdjointSolve.apply(problem, self, y0, *params)
+
+    def _params(self, problem: Problem, y0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        func = problem.field.func
+        if self.params is not None:
+            params = tuple(self.params)
+        elif isinstance(func, torch.nn.Module):
+            params = tuple(func.parameters())
+        else:
+            raise ODEInputError(
+                "the adjoint method needs the parameters of func: pass func as an nn.Module or "
+                "give adjoint_params=(tensors func depends on)"
+            )
+        params = tuple(p for p in params if p.requires_grad)
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                f0 = problem.first_derivative(y0.detach())
+            known = {id(p) for p in params}
+            missing = [leaf for leaf in _leaves(f0) if id(leaf) not in known]
+            if missing:
+                shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
+                raise ODEInputError(
+                    f"func depends on {len(missing)} tensor(s) that require grad but are not in "
+                    f"adjoint_params (shapes {shapes}); their gradients would be lost: add them to "
+                    "adjoint_params or register them as parameters of func"
+                )
+        return params
+
+    def backward_problem(
+        self, problem: Problem, params: Sequence[torch.Tensor], times: list[float]
+    ) -> Problem:
+        """The augmented problem s = [y, a, g] on one interval between output times."""
+        size = problem.y0.numel()
+        layout, user_func = problem.layout, problem.field.func
+
+        def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                y = s[:size].detach().requires_grad_(True)
+                f = layout.flatten(user_func(t, layout.unflatten(y)))
+                vjps = torch.autograd.grad(f, (y, *params), -s[size : 2 * size], allow_unused=True)
+            return torch.cat(
+                [f.detach()]
+                + [
+                    torch.zeros_like(p).reshape(-1) if v is None else v.reshape(-1)
+                    for v, p in zip(vjps, (y, *params), strict=True)
+                ]
+            )
+
+        options = dict(problem.options if self.options is None else self.options)
+        if options.get("norm") == "seminorm":
+            options["norm"] = lambda error: rms_norm(error[: 2 * size])
+        tolerance = problem.tolerance
+        like = problem.y0
+        return make_problem(
+            augmented,
+            torch.zeros(
+                2 * size + sum(p.numel() for p in params), dtype=like.dtype, device=like.device
+            ),
+            torch.tensor(times, dtype=torch.float64, device=like.device),
+            self.rtol if self.rtol is not None else float(tolerance.rtol.min()),
+            self.atol if self.atol is not None else float(tolerance.atol.min()),
+            self.method or problem.tableau.name,
+            options,
+        )
+
+
+class _AdjointSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, problem: Problem, mode: Adjoint, y0: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            ys = problem.solve(y0)
+        ctx.problem, ctx.mode = problem, mode
+        ctx.save_for_backward(ys, *params)
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        problem, mode = ctx.problem, ctx.mode
+        ys, *params = ctx.saved_tensors
+        size = ys.shape[1]
+        adjoint = grad_ys[-1]
+        grad_params = ys.new_zeros(sum(p.numel() for p in params))
+        for i in range(len(problem.times) - 1, 0, -1):
+            backward = mode.backward_problem(
+                problem, params, [problem.times[i], problem.times[i - 1]]
+            )
+            state = torch.cat([ys[i], adjoint, grad_params])
+            end = backward.solve(state)[-1]
+            adjoint = end[size : 2 * size] + grad_ys[i - 1]
+            grad_params = end[2 * size :]
+            problem.stats.backward_nfe += backward.stats.nfe
+            problem.stats.backward_steps += backward.stats.n_steps
+        grads = [
+            g.view_as(p)
+            for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
+        ]
+        return (None, None, adjoint, *grads)
+
+
+GRADIENT_MODES: dict[str, type] = {
+    "backprop": Backprop,
+    "adjoint": Adjoint,
+    "checkpoint": Checkpointed,
+}
+
+
+def gradient_mode(gradient: str | GradientMode) -> GradientMode:
+    """A gradient mode from its name ('backprop', 'adjoint', 'checkpoint') or itself."""
+    if isinstance(gradient, str):
+        if gradient not in GRADIENT_MODES:
+            raise ODEInputError(
+                f"unknown gradient {gradient!r}; valid gradients are: {', '.join(GRADIENT_MODES)}"
+            )
+        return GRADIENT_MODES[gradient]()
+    return gradient
