@@ -178,7 +178,7 @@ class Adjoint:
         options = dict(problem.options if self.options is None else self.options)
         if options.get("norm") == "seminorm":
             options["norm"] = lambda error: rms_norm(error[: 2 * size])
-        tolerance = problem.tolerance
+        rtol, atol = problem.tolerance.as_given()
         like = problem.y0
         return make_problem(
             augmented,
@@ -186,8 +186,8 @@ class Adjoint:
                 2 * size + sum(p.numel() for p in params), dtype=like.dtype, device=like.device
             ),
             torch.tensor(times, dtype=torch.float64, device=like.device),
-            self.rtol if self.rtol is not None else float(tolerance.rtol.min()),
-            self.atol if self.atol is not None else float(tolerance.atol.min()),
+            self.rtol if self.rtol is not None else rtol,
+            self.atol if self.atol is not None else atol,
             self.method or problem.tableau.name,
             options,
         )

@@ -18,7 +18,7 @@ from .integrate import StepLoop, Tolerance, initial_step_size, integrate
 from .solvers.controller import CONTROLLERS, FixedGrid, IController
 from .solvers.methods import DEFAULT_METHOD, METHODS
 from .solvers.tableau import Tableau
-from .state import FlatVectorField, State, StateLayout, VectorFieldFn, rms_norm
+from .state import FlatVectorField, State, StateLayout, VectorFieldFn
 from .stats import SolverStats
 
 GRID_OPTIONS = {"step_size", "grid"}
@@ -39,9 +39,12 @@ def _describe(x: torch.Tensor) -> str:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ODEInputError(f"{name} contains NaN or Inf ({int(bad.sum())} of {x.numel()} entries)")
+    # One reduction in the common case; the exact count only when something is off.
+    if math.isfinite(float(x.detach().sum())):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ODEInputError(f"{name} contains NaN or Inf ({bad} of {x.numel()} entries)")
 
 
 def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
@@ -94,8 +97,12 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
 def _validate_tolerance(value: Any, name: str) -> None:
     values = value if isinstance(value, (tuple, list)) else (value,)
     for v in values:
-        tensor = torch.as_tensor(v)
-        if bool((tensor < 0).any()) or not bool(torch.isfinite(tensor).all()):
+        if isinstance(v, (int, float)):
+            valid = math.isfinite(v) and v >= 0
+        else:
+            tensor = torch.as_tensor(v)
+            valid = bool((tensor >= 0).all()) and bool(torch.isfinite(tensor).all())
+        if not valid:
             raise ODEInputError(f"{name} must be finite and non-negative, got {v}")
 
 
@@ -290,10 +297,11 @@ def make_problem(
     like = parts[0]
     stats = SolverStats()
     try:
-        tolerance = Tolerance(
-            rtol=layout.broadcast(rtol, "rtol", like),
-            atol=layout.broadcast(atol, "atol", like),
-            norm=options.get("norm", rms_norm),
+        tolerance = Tolerance.make(
+            layout.broadcast(rtol, "rtol", like),
+            layout.broadcast(atol, "atol", like),
+            options.get("norm"),
+            layout.size,
         )
     except ValueError as error:
         raise ODEInputError(str(error)) from None

@@ -81,7 +81,10 @@ class FlatVectorField:
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.stats.nfe += 1
         time = torch.full((), t, dtype=self.dtype, device=self.device)
-        return self.layout.flatten(self.func(time, self.layout.unflatten(y)))
+        layout = self.layout
+        if layout.is_tuple:
+            return layout.flatten(self.func(time, layout.unflatten(y)))
+        return self.func(time, y.view(layout.shapes[0])).reshape(-1)
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,264 @@
+"""The shared Trainer: learning, logs, checkpoints, and bitwise-exact resumption."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neuralode.nn import ConcatLinear, NeuralODE
+from neuralode.training import (
+    FitResult,
+    TensorBatches,
+    Trainer,
+    batch_size,
+    capture_rng_state,
+    load_checkpoint,
+    move_to_device,
+    resolve_device,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+)
+
+BATCHES_PER_EPOCH = 7  # 64 samples in batches of 10: the last one has 4
+TIMING_FIELDS = ("seconds", "eval_seconds", "samples_per_s")
+
+
+def regression_data(seed: int = 0) -> TensorBatches:
+    generator = torch.Generator().manual_seed(1234)
+    x = torch.randn(64, 4, generator=generator)
+    y = x @ torch.randn(4, 1, generator=generator) + 0.1 * torch.randn(64, 1, generator=generator)
+    return TensorBatches(x, y, batch_size=10, seed=seed)
+
+
+def noisy_mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, Any]:
+    """MSE on inputs jittered from the global RNG: a resumed run must restore that RNG."""
+    x, y = batch
+    prediction = model(x + 0.01 * torch.randn_like(x))
+    return nn.functional.mse_loss(prediction, y), {"mae": (prediction - y).abs().mean().item()}
+
+
+def make_trainer(
+    out_dir: Path, data: Any = None, init_seed: int = 0, epochs: int = 2, **kwargs: Any
+) -> Trainer:
+    """An MLP regressor, SGD with momentum and a per-step StepLR: all state resume must restore."""
+    torch.manual_seed(init_seed)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.7)
+    return Trainer(
+        model,
+        optimizer,
+        data if data is not None else regression_data(),
+        noisy_mse,
+        out_dir=out_dir,
+        epochs=epochs,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        evaluate=lambda m: {"weight_norm": sum(p.norm().item() for p in m.parameters())},
+        config={"experiment": "regression", "lr": 0.05},
+        **kwargs,
+    )
+
+
+class StopAt:
+    """A data source that calls ``action`` just before yielding the batch of global step
+    ``step`` (1-based): raising there interrupts the run between two steps."""
+
+    def __init__(self, data: TensorBatches, step: int, action: Callable[[], None]) -> None:
+        self.data, self.step, self.action = data, step, action
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        for i, batch in enumerate(self.data.batches(epoch, start), start):
+            if epoch * len(self) + i + 1 == self.step:
+                self.action()
+            yield batch
+
+
+def raise_(error: BaseException) -> Callable[[], None]:
+    def action() -> None:
+        raise error
+
+    return action
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+def assert_same_run(a: Trainer, b: Trainer, result_a: FitResult, result_b: FitResult) -> None:
+    """Bitwise-equal parameters and optimizer state, equal histories and logs (timings aside)."""
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    momenta_a = [s["momentum_buffer"] for s in a.optimizer.state.values()]
+    momenta_b = [s["momentum_buffer"] for s in b.optimizer.state.values()]
+    assert all(torch.equal(m, n) for m, n in zip(momenta_a, momenta_b, strict=True))
+    assert a.scheduler.state_dict() == b.scheduler.state_dict()
+    assert without_timings(result_a.history) == without_timings(result_b.history)
+    assert without_timings(read_log(a.log_path)) == without_timings(read_log(b.log_path))
+
+
+def test_learns_and_writes_log_checkpoint_and_model(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, epochs=4, log_every=3)
+    result = trainer.fit()
+
+    assert result.completed and result.stopped_by is None
+    losses = [record["train"]["loss"] for record in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+
+    records = read_log(trainer.log_path)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert epochs == result.history
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert [r["step"] for r in steps] == list(range(3, 4 * BATCHES_PER_EPOCH + 1, 3))
+    for r in epochs:
+        assert r.keys() >= {"lr", "seconds", "samples_per_s", "nfe_forward", "nfe_backward"}
+        assert r["train"].keys() == {"loss", "mae"} and r["eval"].keys() == {"weight_norm"}
+        assert r["seconds"] > 0 and r["samples_per_s"] > 0
+        assert r["nfe_forward"] == r["nfe_backward"] == 0  # no NeuralODE in this model
+
+    checkpoint = load_checkpoint(trainer.checkpoint_path)
+    assert (checkpoint["epoch"], checkpoint["batch"]) == (4, 0)
+    assert checkpoint["global_step"] == 4 * BATCHES_PER_EPOCH
+    assert checkpoint["config"] == {"experiment": "regression", "lr": 0.05}
+    final = load_checkpoint(trainer.model_path)
+    assert all(torch.equal(final["model"][k], v) for k, v in trainer.model.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
+
+
+def test_keyboard_interrupt_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path / "a")
+    result_a = a.fit()
+
+    stop = StopAt(regression_data(), step=10, action=raise_(KeyboardInterrupt()))
+    interrupted = make_trainer(tmp_path / "b", data=stop).fit()
+    assert interrupted.stopped_by == "KeyboardInterrupt" and len(interrupted.history) == 1
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["global_step"]) == (1, 2, 9)
+    assert not (tmp_path / "b" / "model.pt").exists()
+
+    b = make_trainer(tmp_path / "b", init_seed=99)  # a different init: all of it must be loaded
+    result_b = b.fit(resume=True)
+    assert result_b.completed
+    assert_same_run(a, b, result_a, result_b)
+
+
+def test_crash_then_resume_from_epoch_checkpoint_is_identical(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path / "a", log_every=1)
+    result_a = a.fit()
+
+    crash = StopAt(regression_data(), step=12, action=raise_(RuntimeError("node lost")))
+    with pytest.raises(RuntimeError, match="node lost"):
+        make_trainer(tmp_path / "b", data=crash, log_every=1, checkpoint_every=math.inf).fit()
+
+    b = make_trainer(tmp_path / "b", init_seed=99, log_every=1)
+    result_b = b.fit(resume=True)  # from the end of epoch 1: the log's step lines are cut back
+    assert_same_run(a, b, result_a, result_b)
+
+
+def test_sigterm_with_checkpoint_every_step_then_resume_is_identical(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path / "a")
+    result_a = a.fit()
+
+    handler = signal.getsignal(signal.SIGTERM)
+    sigterm = StopAt(regression_data(), step=5, action=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopped = make_trainer(tmp_path / "b", data=sigterm, checkpoint_every=0).fit()
+    assert stopped.stopped_by == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is handler
+    checkpoint = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (checkpoint["epoch"], checkpoint["batch"]) == (0, 5)  # the step in flight finished
+
+    b = make_trainer(tmp_path / "b", init_seed=99, checkpoint_every=0)
+    assert_same_run(a, b, result_a, b.fit(resume=True))
+
+
+def test_neural_ode_nfe_is_logged(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ode = NeuralODE(
+        ConcatLinear(4, 4), method="rk4", options={"step_size": 0.5}, gradient="adjoint"
+    )
+    model = nn.Sequential(ode, nn.Linear(4, 1))
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        regression_data(),
+        noisy_mse,
+        out_dir=tmp_path,
+        epochs=1,
+        log_every=1,
+    )
+    record = trainer.fit().history[0]
+    nfe = (ode.nfe_forward, ode.nfe_backward)  # the last step's; fixed steps: every step's
+    assert nfe[0] > 0 and nfe[1] > 0  # the adjoint solve counts as backward work
+    assert (record["nfe_forward"], record["nfe_backward"]) == nfe
+    steps = [r for r in read_log(trainer.log_path) if r["kind"] == "step"]
+    assert len(steps) == BATCHES_PER_EPOCH
+    assert all((r["nfe_forward"], r["nfe_backward"]) == nfe for r in steps)
+
+
+def test_save_checkpoint_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"x": torch.arange(3)})
+    save_checkpoint(path, {"x": torch.arange(4)})
+    with pytest.raises(Exception, match="pickle"):
+        save_checkpoint(path, {"x": lambda: None})  # fails mid-write
+    assert torch.equal(load_checkpoint(path)["x"], torch.arange(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_rng_state_round_trip() -> None:
+    seed_everything(3)
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(2))
+    restore_rng_state(state)
+    second = (random.random(), np.random.rand(), torch.rand(2))
+    assert first[:2] == second[:2] and torch.equal(first[2], second[2])
+
+
+def test_tensor_batches_order_depends_on_seed_and_epoch_only() -> None:
+    data = TensorBatches(torch.arange(25), batch_size=10, seed=7)
+    epoch1 = [b for (b,) in data.batches(1)]
+    assert len(data) == 3 and [len(b) for b in epoch1] == [10, 10, 5]
+    assert torch.equal(torch.cat(epoch1).sort().values, torch.arange(25))
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert all(
+        torch.equal(b, c) for (b,), c in zip(data.batches(1, start=1), epoch1[1:], strict=True)
+    )
+    assert not torch.equal(next(data.batches(0))[0], epoch1[0])
+
+
+def test_batches_move_to_device_and_count_samples() -> None:
+    batch = {"x": torch.zeros(5, 2), "extra": [torch.ones(5), (torch.ones(()), "tag")]}
+    moved = move_to_device(batch, torch.device("cpu"))
+    assert moved["extra"][1][1] == "tag" and isinstance(moved["extra"][1], tuple)
+    assert batch_size(batch) == 5 and batch_size(((torch.ones(()),), torch.ones(3, 1))) == 3
+    with pytest.raises(ValueError):
+        batch_size({"t": torch.ones(())})
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda:0")
