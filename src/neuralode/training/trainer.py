@@ -176,11 +176,8 @@ class Trainer:
         self.scheduler_interval = scheduler_interval
         self.train_data, self.loss_fn, self.evaluate = train_data, loss_fn, evaluate
         self.out_dir, self.epochs = Path(out_dir), epochs
-        self.checkpoint_every, self.grad_clip, self.log_every = (
-            checkpoint_every,
-            grad_clip,
-            log_every,
-        )
+        self.checkpoint_every = checkpoint_every
+        self.grad_clip, self.log_every = grad_clip, log_every
         self.config = dict(config or {})
         self.is_main = is_main
         self.position, self.totals = Position(), EpochTotals()

@@ -1,0 +1,173 @@
+"""The paper's Table 1: ODE-Net, ResNet, RK-Net and MLP on MNIST.
+
+``neuralode mnist train`` trains one model with the shared trainer (checkpoints, resume, JSONL
+log); ``neuralode mnist eval`` measures the test error of a saved model on all 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import MNISTBatches, load_mnist
+from ..models import build_mnist_model, count_parameters
+from ..nn import NeuralODE
+from ..training import Trainer, resolve_device, seed_everything
+from ..training.checkpoint import load_checkpoint
+
+MODELS = ("odenet", "resnet", "rknet", "mlp")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=MODELS, default="odenet", help="which Table 1 row")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
+    parser.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    parser.add_argument(
+        "--tol", type=float, default=1e-3, help="ODE-Net solver rtol = atol (default 1e-3)"
+    )
+    parser.add_argument(
+        "--gradient",
+        choices=("adjoint", "backprop", "checkpoint"),
+        default="adjoint",
+        help="how the ODE-Net's solve is differentiated (default adjoint: O(1) memory)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
+    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
+    _add_common(parser)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run folder (default runs/mnist/MODEL)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints"
+    )
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt or checkpoint.pt")
+    parser.add_argument(
+        "--tol", type=float, default=None, help="evaluate the ODE-Net at this tolerance"
+    )
+    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
+    _add_common(parser)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with the MNIST IDX files (.gz or not)"
+    )
+    parser.add_argument("--download", action="store_true", help="download MNIST if missing")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
+    return {"tol": tol, "gradient": gradient} if name == "odenet" else {}
+
+
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
+    """Cross-entropy of (B, 10) logits; metrics: loss and accuracy (fraction)."""
+    images, labels = batch
+    logits = model(images)
+    loss = nn.functional.cross_entropy(logits, labels)
+    accuracy = (logits.argmax(dim=1) == labels).float().mean()
+    return loss, {"loss": float(loss.detach()), "acc": float(accuracy)}
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               batch_size: int = 500) -> dict[str, float]:  # fmt: skip
+    """Test error (%) over all given images, and the mean forward NFE of the ODE blocks."""
+    model.eval()
+    data = MNISTBatches(images, labels, batch_size, shuffle=False, augment=False)
+    blocks = [m for m in model.modules() if isinstance(m, NeuralODE)]
+    wrong, total, nfe = 0, 0, []
+    for x, y in data.batches(0):
+        x, y = x.to(device), y.to(device)
+        wrong += int((model(x).argmax(dim=1) != y).sum())
+        total += len(y)
+        nfe.append(sum(block.nfe_forward for block in blocks))
+    return {"test_error": 100.0 * wrong / total, "test_nfe": sum(nfe) / len(nfe)}
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train one Table 1 model; returns an exit status (0 when all epochs ran)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    out = args.out or Path("runs/mnist") / args.model
+    train_images, train_labels = load_mnist(args.data_dir, "train", download=args.download)
+    test_images, test_labels = load_mnist(args.data_dir, "test", download=args.download)
+    if args.limit:
+        train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
+    if args.test_limit:
+        test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
+
+    model = build_mnist_model(args.model, **_model_kwargs(args.model, args.tol, args.gradient))
+    data = MNISTBatches(train_images, train_labels, args.batch_size, shuffle=True, augment=True,
+                        seed=args.seed)  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
+                                weight_decay=args.weight_decay, nesterov=True)  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(data)
+    )
+    config = {key: str(value) if isinstance(value, Path) else value
+              for key, value in vars(args).items() if key != "handler"}  # fmt: skip
+    config["parameters"] = count_parameters(model)
+    print(f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
+          f"writing to {out}")  # fmt: skip
+    trainer = Trainer(
+        model,
+        optimizer,
+        data,
+        classification_loss,
+        out_dir=out,
+        epochs=args.epochs,
+        device=device,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        evaluate=lambda m: test_error(m, test_images, test_labels, device),
+        checkpoint_every=args.checkpoint_every,
+        config=config,
+    )
+    result = trainer.fit(resume=args.resume)
+    return 0 if result.completed else 130
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Print the test error of a saved model (JSON on the last line)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    saved = load_checkpoint(args.checkpoint, map_location=device)
+    config = saved["config"]
+    tol = args.tol if args.tol is not None else config.get("tol", 1e-3)
+    model = build_mnist_model(config["model"], **_model_kwargs(config["model"], tol, "backprop"))
+    model.load_state_dict(saved["model"])
+    model.to(device)
+    images, labels = load_mnist(args.data_dir, "test", download=args.download)
+    if args.test_limit:
+        images, labels = images[: args.test_limit], labels[: args.test_limit]
+    start = time.perf_counter()
+    metrics = test_error(model, images, labels, device)
+    name = config["model"]
+    result = {"model": name, "parameters": count_parameters(model), "images": len(labels),
+              "tol": tol if name == "odenet" else None, **metrics,
+              "seconds": time.perf_counter() - start}  # fmt: skip
+    print(f"{result['model']}: test error {result['test_error']:.2f}% on {result['images']:,} "
+          f"images, {result['parameters']:,} parameters, mean forward NFE "
+          f"{result['test_nfe']:.1f}")  # fmt: skip
+    print(json.dumps(result))
+    return 0
