@@ -85,12 +85,13 @@ class Checkpointed:
             return y0[None]
         with torch.no_grad():
             loop = problem.loop(y0, f0)  # only to size the first step
-        outputs, y = [y0], y0
+        y = y0.view(1, -1)
+        outputs = [y]
         while not loop.done:
             segment = _SegmentRun(loop, loop.checkpoint(), self.every, problem.stats)
             *reached, y = checkpoint(segment, y, use_reentrant=False)
             outputs.extend(reached)
-        return torch.stack(outputs)
+        return torch.cat(outputs)
 
 
 def _leaves(output: torch.Tensor) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
 from .solvers.controller import FixedGrid, IController
 from .solvers.tableau import Tableau
-from .state import FlatVectorField
+from .state import FlatVectorField, StateLayout
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -38,13 +38,22 @@ class Tolerance:
 
     @classmethod
     def make(
-        cls, rtol: torch.Tensor, atol: torch.Tensor, norm: Norm | None, size: int
+        cls,
+        layout: StateLayout,
+        rtol: float | torch.Tensor,
+        atol: float | torch.Tensor,
+        norm: Norm | None,
+        like: torch.Tensor,
     ) -> Tolerance:
-        """Tolerances as given, with ``norm`` applied to error / scale (default RMS)."""
-        if norm is not None:
-            return cls(rtol, atol, norm)
-        root = math.sqrt(max(size, 1))
-        return cls(rtol * root, atol * root, torch.linalg.vector_norm, root)
+        """Tolerances broadcast to the state, with ``norm`` applied to error / scale (default
+        RMS). Raises ValueError when a tolerance does not broadcast."""
+        root = 1.0 if norm is not None else math.sqrt(max(layout.size, 1))
+        return cls(
+            layout.broadcast(rtol, "rtol", like, root),
+            layout.broadcast(atol, "atol", like, root),
+            norm or torch.linalg.vector_norm,
+            root,
+        )
 
     def scale(self, abs_y0: torch.Tensor, abs_y1: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.atol, self.rtol, torch.maximum(abs_y0, abs_y1))
@@ -65,13 +74,12 @@ def initial_step_size(
 ) -> float:
     """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4): one extra evaluation."""
     with torch.no_grad():
-        scale = tolerance.scale(y0.abs(), y0.abs())
-        d0 = float(tolerance.norm(y0 / scale))
-        d1 = float(tolerance.norm(f0 / scale))
+        scale = torch.addcmul(tolerance.atol, tolerance.rtol, y0.abs())
+        d0, d1 = (float(tolerance.norm(x / scale)) for x in (y0, f0))
         if not math.isfinite(d1):
             raise NonFiniteStateError(f"dy/dt is NaN or Inf at the initial time t={t0:.6g}", t0)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        f1 = field(t0 + direction * h0, y0 + (direction * h0) * f0)
+        f1 = field(t0 + direction * h0, torch.add(y0, f0, alpha=direction * h0))
         d2 = float(tolerance.norm((f1 - f0) / scale)) / h0
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
@@ -128,7 +136,9 @@ class StepLoop:
         self.max_num_steps = max_num_steps
         self.direction = 1.0 if times[-1] >= times[0] else -1.0
         self.span = abs(times[-1] - times[0])
-        self.t, self.y, self.f, self.dt = times[0], y0, f0, first_dt
+        # States are (1, N) rows inside the loop: each stage is one row-times-matrix product.
+        self.t, self.y, self.dt = times[0], y0.view(1, -1), first_dt
+        self.f = None if f0 is None else f0.view(1, -1)
         self.next_output = 1
 
     @property
@@ -139,14 +149,14 @@ class StepLoop:
         return Checkpoint(self.t, self.dt, self.next_output, copy.copy(self.controller))
 
     def restart(self, checkpoint: Checkpoint, y: torch.Tensor) -> None:
-        """Continue from a checkpoint with state y (dy/dt is evaluated afresh)."""
+        """Continue from a checkpoint with state y, (1, N) (dy/dt is evaluated afresh)."""
         self.t, self.dt, self.next_output = checkpoint.t, checkpoint.dt, checkpoint.next_output
         self.controller = copy.copy(checkpoint.controller)
         self.y, self.f = y, None
 
     def run(self, max_accepted: int | None = None) -> list[torch.Tensor]:
         """Take steps until the end (or ``max_accepted`` accepted steps); return the states at
-        the output times passed, each of shape (N,)."""
+        the output times passed, as (m, N) blocks in time order."""
         times, t_end, direction = self.times, self.times[-1], self.direction
         tableau, controller, tolerance, stats = (
             self.tableau, self.controller, self.tolerance, self.field.stats
@@ -181,15 +191,15 @@ class StepLoop:
             ks = [f]
             y_stage = y
             for i in range(1, stages):
-                y_stage = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=step)
+                y_stage = torch.addmm(y, a_rows[i], torch.cat(ks), alpha=step)
                 ks.append(field(t + c[i] * step, y_stage))
-            k = torch.stack(ks)  # (stages, N): row-major stacking and k.T products are the fast ones
-            y1 = y_stage if fsal else torch.addmv(y, k.T, b, alpha=step)
+            k = torch.cat(ks)  # (stages, N)
+            y1 = y_stage if fsal else torch.addmm(y, b, k, alpha=step)
 
             with torch.no_grad():
                 if needs_error:
                     abs_y1 = y1.abs()
-                    error = torch.mv(k.T, b_err).div_(tolerance.scale(abs_y, abs_y1))
+                    error = torch.mm(b_err, k).div_(tolerance.scale(abs_y, abs_y1))
                     check = abs(step) * float(tolerance.norm(error))
                 else:
                     check = float(torch.linalg.vector_norm(y1, math.inf))
@@ -227,11 +237,11 @@ class StepLoop:
             if interior:
                 if f1 is None:
                     f1 = field(t1, y1)
-                basis = k if fsal else torch.cat([k, f1[None]])
+                basis = k if fsal else torch.cat([k, f1])
                 theta = (np.asarray(interior) - t) / step
                 powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
                 weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
-                outputs.extend(torch.addmm(y, weights, basis, alpha=step).unbind(0))
+                outputs.append(torch.addmm(y, weights, basis, alpha=step))
             if next_output > first and times[next_output - 1] == t1:
                 outputs.append(y1)
             t, y, f = t1, y1, f1
@@ -245,4 +255,4 @@ class StepLoop:
 
 def integrate(loop: StepLoop) -> torch.Tensor:
     """Run a loop to the end: states at all its times, shape (len(times), N)."""
-    return torch.stack([loop.y, *loop.run()])
+    return torch.cat([loop.y, *loop.run()])

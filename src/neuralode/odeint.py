@@ -30,7 +30,7 @@ class _StartTimeGradient(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         (y0,) = ctx.saved_tensors
         with torch.no_grad():
-            f0 = ctx.problem.field(ctx.problem.times[0], y0)
+            f0 = ctx.problem.field(ctx.problem.times[0], y0).view(-1)
         return grad, -(grad * f0).sum(), None
 
 
@@ -64,7 +64,7 @@ def solve_with_time_gradients(
     solution = mode.solve(problem, y0)
     solution = torch.cat([problem.y0[None], solution[1:]])  # y(t0) = y0 does not move with t0
     with torch.no_grad():
-        derivatives = torch.stack(
+        derivatives = torch.cat(
             [problem.field(time, y) for time, y in zip(problem.times, solution, strict=True)]
         )
     return _OutputTimeGradient.apply(solution, t, derivatives)

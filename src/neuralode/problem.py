@@ -81,8 +81,9 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
         raise ODEInputError(
             f"t is on {t.device} but y0 is on {like.device}; put both on the same device"
         )
-    _check_finite(t, "t")
     times = t.detach().double().tolist()
+    if not all(math.isfinite(time) for time in times):
+        _check_finite(t, "t")
     if len(times) > 1:
         direction = 1.0 if times[1] > times[0] else -1.0
         for i in range(1, len(times)):
@@ -297,12 +298,7 @@ def make_problem(
     like = parts[0]
     stats = SolverStats()
     try:
-        tolerance = Tolerance.make(
-            layout.broadcast(rtol, "rtol", like),
-            layout.broadcast(atol, "atol", like),
-            options.get("norm"),
-            layout.size,
-        )
+        tolerance = Tolerance.make(layout, rtol, atol, options.get("norm"), like)
     except ValueError as error:
         raise ODEInputError(str(error)) from None
     field = FlatVectorField(func, layout, like, stats)

@@ -37,11 +37,13 @@ class StateLayout:
         parts = flat.split(self.numels, dim=-1)
         return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
 
-    def broadcast(self, value: float | torch.Tensor, name: str, like: torch.Tensor) -> torch.Tensor:
-        """A tolerance given as a float or as tensors broadcastable to the state → flat tensor
-        (0-d when it is one number for every entry)."""
+    def broadcast(
+        self, value: float | torch.Tensor, name: str, like: torch.Tensor, factor: float = 1.0
+    ) -> torch.Tensor:
+        """A tolerance given as a float or as tensors broadcastable to the state, times
+        ``factor`` → flat tensor (0-d when it is one number for every entry)."""
         if not torch.is_tensor(value) and not isinstance(value, (tuple, list)):
-            return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+            return torch.scalar_tensor(float(value) * factor, dtype=like.dtype, device=like.device)
         values = value if self.is_tuple and isinstance(value, (tuple, list)) else None
         pieces = []
         for index, shape in enumerate(self.shapes):
@@ -55,7 +57,7 @@ class StateLayout:
                     f"{name} of shape {tuple(piece.shape)} does not broadcast to the state's shape "
                     f"{tuple(shape)}"
                 ) from None
-        return torch.cat(pieces)
+        return torch.cat(pieces).mul_(factor)
 
 
 class FlatVectorField:
@@ -74,17 +76,20 @@ class FlatVectorField:
     ) -> None:
         self.func = func
         self.layout = layout
+        self.dims = tuple(layout.shapes[0])  # ints: view(*dims) dispatches faster than a Size
         self.dtype = like.dtype
         self.device = like.device
         self.stats = stats
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """dy/dt at time t for the flat state y, (N,) or (1, N); returns a (1, N) row."""
         self.stats.nfe += 1
-        time = torch.full((), t, dtype=self.dtype, device=self.device)
-        layout = self.layout
-        if layout.is_tuple:
-            return layout.flatten(self.func(time, layout.unflatten(y)))
-        return self.func(time, y.view(layout.shapes[0])).reshape(-1)
+        time = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        if self.layout.is_tuple:
+            return self.layout.flatten(self.func(time, self.layout.unflatten(y.view(-1)))).view(
+                1, -1
+            )
+        return self.func(time, y.view(*self.dims)).reshape(1, -1)
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:

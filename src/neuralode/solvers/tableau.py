@@ -129,7 +129,9 @@ class Tableau:
         """The coefficients as tensors of the state's dtype on the state's device (cached)."""
 
         def as_tensor(values: object) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=dtype, device=device)
+            """A (1, n) row: the loop's combinations are row × (n, N) matrix products."""
+            row = np.asarray(values, dtype=np.float64).reshape(1, -1)
+            return torch.as_tensor(row, dtype=dtype, device=device)
 
         return TableauTensors(
             a=[as_tensor(row) for row in self.a],
@@ -141,7 +143,8 @@ class Tableau:
 
 @dataclass(frozen=True)
 class TableauTensors:
-    """Tableau coefficients on one dtype/device, ready for the step loop."""
+    """Tableau coefficients on one dtype/device, ready for the step loop: a[i] of shape (1, i),
+    b and b_err of shape (1, S)."""
 
     a: list[torch.Tensor]
     b: torch.Tensor

@@ -1,0 +1,7 @@
+"""``python -m neuralode COMMAND ...``: the same as the ``neuralode`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""The ``neuralode`` command line: one sub-command per experiment.
+
+Each sub-command is a :class:`Command` in :data:`COMMANDS`: a help line, a function adding its
+options to an ``argparse`` parser, and a function running it from the parsed arguments and
+returning the exit status. A command may instead group sub-commands of its own
+(``neuralode mnist train``). Adding an experiment is one entry in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from . import __version__
+from .experiments import mnist, spiral_demo
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: ``add_arguments(parser)`` declares its options and ``run(args)`` runs it
+    and returns the exit status; or, for a group, ``subcommands`` by name."""
+
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    subcommands: Mapping[str, Command] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        help="learn a 2-D spiral's vector field from its trajectory (about a minute on a CPU)",
+        description=spiral_demo.__doc__ or "",
+        add_arguments=spiral_demo.add_arguments,
+        run=spiral_demo.run,
+    ),
+    "mnist": Command(
+        help="the paper's MNIST classifiers (Table 1): train or evaluate one model",
+        description=mnist.__doc__ or "",
+        subcommands={
+            "train": Command(
+                help="train one model (ODE-Net, ResNet, RK-Net or MLP)",
+                description="Train one Table 1 model; checkpoints and a JSONL log go to --out.",
+                add_arguments=mnist.add_train_arguments,
+                run=mnist.train,
+            ),
+            "eval": Command(
+                help="test error of a saved model on the MNIST test set",
+                description="Evaluate a saved model on the 10,000 MNIST test images.",
+                add_arguments=mnist.add_eval_arguments,
+                run=mnist.evaluate,
+            ),
+        },
+    ),
+}
+
+
+def _add_commands(
+    subparsers: argparse._SubParsersAction, commands: Mapping[str, Command], depth: int
+) -> None:
+    for name, command in commands.items():
+        parser = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=command.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if command.subcommands:
+            nested = parser.add_subparsers(
+                title="commands", metavar="COMMAND", dest=f"command_{depth + 1}", required=True
+            )
+            _add_commands(nested, command.subcommands, depth + 1)
+        else:
+            assert command.add_arguments is not None and command.run is not None
+            command.add_arguments(parser)
+            parser.set_defaults(handler=command.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``neuralode`` argument parser with every sub-command of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="neuralode",
+        description=(
+            "Neural ordinary differential equations in PyTorch: run the experiments. "
+            "Start with `neuralode demo`; `neuralode COMMAND --help` explains each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(
+        title="commands", metavar="COMMAND", dest="command_0", required=True
+    )
+    _add_commands(subparsers, COMMANDS, depth=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``neuralode`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status
+    (0 for ``--help`` and ``--version``, 2 for invalid arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return args.handler(args)
