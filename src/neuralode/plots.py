@@ -195,22 +195,29 @@ def plot_training_curve(
     fig = _new_figure(8.0, 4.5)
     ax = fig.subplots()
     iterations = np.arange(1, len(train_loss) + 1)
-    ax.plot(iterations, train_loss, color="tab:blue", alpha=0.3, linewidth=0.8)
-    window = max(1, len(train_loss) // 50)
-    smooth = np.convolve(train_loss, np.ones(window) / window, mode="valid")
-    average = f", running mean of {window} iterations" if window > 1 else ""
     ax.plot(
-        iterations[window - 1 :],
-        smooth,
+        iterations,
+        train_loss,
         color="tab:blue",
-        label=f"training loss on the short windows{average}",
+        alpha=0.3,
+        linewidth=0.8,
+        label="training loss on the short windows, per iteration",
     )
+    window = len(train_loss) // 50
+    if window > 1:
+        smooth = np.convolve(train_loss, np.ones(window) / window, mode="valid")
+        ax.plot(
+            iterations[window - 1 :],
+            smooth,
+            color="tab:blue",
+            label=f"training loss on the short windows, running mean of {window} iterations",
+        )
     ax.plot(
         checkpoint_iterations,
         checkpoint_loss,
         "o-",
         color="tab:red",
-        label="loss on the full trajectory (from y0)",
+        label="loss on the full trajectory (model solved from y(0) over all times)",
     )
     ax.set(title=title, xlabel="training iteration", ylabel="mean |predicted − true|", yscale="log")
     ax.grid(alpha=0.3, which="both")

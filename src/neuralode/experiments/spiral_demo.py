@@ -29,11 +29,12 @@ from tqdm import tqdm
 from .. import plots
 from ..odeint import odeint
 from ..solvers import METHODS
+from ..stats import SolverStats
 from ..training import resolve_device, seed_everything
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))
 Y0 = (2.0, 0.0)
-DEFAULT_ITERATIONS = 6000
+DEFAULT_ITERATIONS = 8000
 PLOT_FILES = ("trajectories.png", "vector_field.png", "training.png")
 
 
@@ -150,7 +151,9 @@ def sample_windows(
     return t[:batch_time], window[0], window
 
 
-def _solve(model: nn.Module, y0: torch.Tensor, t: torch.Tensor, config: SpiralConfig):
+def _solve(
+    model: nn.Module, y0: torch.Tensor, t: torch.Tensor, config: SpiralConfig
+) -> tuple[torch.Tensor, SolverStats]:
     return odeint(
         model, y0, t, rtol=config.rtol, atol=config.atol, method=config.method, return_stats=True
     )
