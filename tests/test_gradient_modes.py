@@ -116,20 +116,26 @@ def test_checkpointed_reports_recomputation_as_backward_work() -> None:
     assert 0 < stats.backward_nfe <= stats.nfe + 4  # one re-evaluation of f(t, y) per segment
 
 
-def test_seminorm_same_gradients_with_no_more_backward_work() -> None:
-    func = MLP(width=32).double()
-    y0 = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
-    results = {}
-    for norm in ("default", "seminorm"):
-        options = {"norm": "seminorm"} if norm == "seminorm" else None
-        ys, stats = odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options=options,
-                                   return_stats=True)  # fmt: skip
-        gradients = torch.autograd.grad(ys.square().sum(), [y0, *func.parameters()])
-        results[norm] = (gradients, stats.backward_nfe)
-    for a, b in zip(results["seminorm"][0], results["default"][0], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert results["seminorm"][1] <= results["default"][1]
+def test_seminorm_same_gradients_with_fewer_backward_evaluations() -> None:
+    """Leaving the parameter-gradient channel out of the error norm changes the gradients only
+    within tolerance and, summed over a few problems, saves backward evaluations (any single
+    solve may take a step more or less: the step sequences differ)."""
+    evaluations = {"default": 0, "seminorm": 0}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        func = MLP(width=64).double()
+        y0 = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
+        t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+        gradients = {}
+        for norm in evaluations:
+            options = {"norm": "seminorm"} if norm == "seminorm" else None
+            ys, stats = odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options=options,
+                                       return_stats=True)  # fmt: skip
+            gradients[norm] = torch.autograd.grad(ys.square().sum(), [y0, *func.parameters()])
+            evaluations[norm] += stats.backward_nfe
+        for a, b in zip(gradients["seminorm"], gradients["default"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert evaluations["seminorm"] < evaluations["default"]
 
 
 def test_adjoint_tuple_state_float32_and_backward_call() -> None:

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from .errors import ODEInputError
 from .integrate import Checkpoint, StepLoop
 from .problem import Problem, make_problem
+from .solvers.methods import METHODS
 from .state import rms_norm
 from .stats import SolverStats
 
@@ -177,8 +178,9 @@ class Adjoint:
             )
 
         options = dict(problem.options if self.options is None else self.options)
-        if options.get("norm") == "seminorm":
-            options["norm"] = lambda error: rms_norm(error[: 2 * size])
+        method = self.method or problem.tableau.name
+        if METHODS.get(method, problem.tableau).adaptive:
+            options["norm"] = _augmented_norm(options.get("norm"), size)
         rtol, atol = problem.tolerance.as_given()
         like = problem.y0
         return make_problem(
@@ -192,6 +194,23 @@ class Adjoint:
             self.method or problem.tableau.name,
             options,
         )
+
+
+def _augmented_norm(norm: Any, size: int) -> Any:
+    """Error norm of the augmented state [y (size), a (size), g]: the largest RMS of the three
+    channels, or of y and a alone for ``"seminorm"`` (Kidger et al. 2021), so that leaving the
+    parameter-gradient channel out can only lengthen the steps. A callable is used as given."""
+    if callable(norm):
+        return norm
+    channels = (slice(0, size), slice(size, 2 * size))
+    if norm != "seminorm":
+        channels += (slice(2 * size, None),)
+
+    def mixed_rms(error: torch.Tensor) -> torch.Tensor:
+        error = error.reshape(-1)
+        return torch.stack([rms_norm(error[c]) for c in channels if error[c].numel()]).max()
+
+    return mixed_rms
 
 
 class _AdjointSolve(torch.autograd.Function):
