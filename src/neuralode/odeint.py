@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 
@@ -70,32 +70,6 @@ def solve_with_time_gradients(
     return _OutputTimeGradient.apply(solution, t, derivatives)
 
 
-@overload
-def odeint(
-    func: VectorFieldFn,
-    y0: State,
-    t: torch.Tensor,
-    rtol: float | torch.Tensor = ...,
-    atol: float | torch.Tensor = ...,
-    method: str | None = ...,
-    options: Mapping[str, Any] | None = ...,
-    *,
-    gradient: str | GradientMode = ...,
-    return_stats: Literal[False] = ...,
-) -> State: ...
-@overload
-def odeint(
-    func: VectorFieldFn,
-    y0: State,
-    t: torch.Tensor,
-    rtol: float | torch.Tensor = ...,
-    atol: float | torch.Tensor = ...,
-    method: str | None = ...,
-    options: Mapping[str, Any] | None = ...,
-    *,
-    gradient: str | GradientMode = ...,
-    return_stats: Literal[True],
-) -> tuple[State, SolverStats]: ...
 def odeint(
     func: VectorFieldFn,
     y0: State,

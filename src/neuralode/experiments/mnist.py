@@ -51,6 +51,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints"
     )
+    parser.add_argument(
+        "--log-every", type=int, default=20, help="steps between per-step lines in log.jsonl"
+    )
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +143,7 @@ def train(args: argparse.Namespace) -> int:
         scheduler_interval="step",
         evaluate=lambda m: test_error(m, test_images, test_labels, device),
         checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
         config=config,
     )
     result = trainer.fit(resume=args.resume)
