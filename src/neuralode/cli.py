@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__
-from .experiments import mnist, spiral_demo
+from .experiments import mnist, mnist_report, spiral_demo
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ COMMANDS: dict[str, Command] = {
                 description="Evaluate a saved model on the 10,000 MNIST test images.",
                 add_arguments=mnist.add_eval_arguments,
                 run=mnist.evaluate,
+            ),
+            "report": Command(
+                help="results/mnist.md: Table 1 and the adaptive-computation figure",
+                description=mnist_report.__doc__ or "",
+                add_arguments=mnist_report.add_arguments,
+                run=mnist_report.run,
             ),
         },
     ),

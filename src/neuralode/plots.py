@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 TRUE_STYLE = {"color": "black", "linewidth": 2.0, "alpha": 0.75}
 LEARNED_STYLE = {"color": "tab:red", "linewidth": 1.5, "linestyle": "--"}
@@ -222,4 +223,63 @@ def plot_training_curve(
     ax.set(title=title, xlabel="training iteration", ylabel="mean |predicted − true|", yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_adaptive_computation(
+    *,
+    tolerances: np.ndarray,
+    nfe: np.ndarray,
+    error: np.ndarray,
+    epoch_nfe: np.ndarray,
+    step_nfe: np.ndarray,
+    path: Path,
+) -> Path:
+    """The paper's Figure 3 for a trained ODE-Net, four panels.
+
+    Args:
+        tolerances: solver tolerances evaluated, shape (K,).
+        nfe: mean forward NFE on the test set at each tolerance, shape (K,).
+        error: test error (%) at each tolerance, shape (K,).
+        epoch_nfe: mean (forward, backward) NFE of each training epoch, shape (E, 2).
+        step_nfe: (forward, backward) NFE of logged training steps, shape (S, 2).
+        path: PNG file to write.
+    """
+    fig = _new_figure(11, 8.5)
+    (a, b), (c, d) = fig.subplots(2, 2)
+    a.semilogx(tolerances, nfe, marker="o")
+    a.set(
+        xlabel="solver tolerance (rtol = atol)",
+        ylabel="forward NFE per test batch",
+        title="(a) NFE against tolerance",
+    )
+    b.semilogx(tolerances, error, marker="o", color="tab:red")
+    b.set(
+        xlabel="solver tolerance (rtol = atol)",
+        ylabel="test error (%)",
+        title="(b) test error against tolerance",
+    )
+    epochs = np.arange(1, len(epoch_nfe) + 1)
+    c.plot(epochs, epoch_nfe[:, 0], marker="o", label="forward")
+    c.plot(epochs, epoch_nfe[:, 1], marker="s", label="backward (adjoint)")
+    c.set(
+        xlabel="training epoch", ylabel="mean NFE per training step", title="(c) NFE over training"
+    )
+    c.xaxis.set_major_locator(MaxNLocator(integer=True))
+    c.legend()
+    jitter = np.random.default_rng(0).uniform(-0.25, 0.25, step_nfe.shape)
+    d.scatter(*(step_nfe + jitter).T, s=6, alpha=0.3)
+    lim = [0, step_nfe.max() * 1.05]
+    d.plot(lim, lim, color="grey", linestyle=":", label="backward = forward")
+    d.set(
+        xlim=lim,
+        ylim=lim,
+        xlabel="forward NFE",
+        ylabel="backward NFE",
+        title="(d) backward against forward NFE (training steps)",
+    )
+    d.legend()
+    for axis in (a, b, c, d):
+        axis.grid(True, which="both", alpha=0.3)
+    fig.suptitle("ODE-Net on MNIST: adaptive computation")
     return _save(fig, path)

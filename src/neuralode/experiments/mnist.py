@@ -75,7 +75,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def _model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
+def model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
     return {"tol": tol, "gradient": gradient} if name == "odenet" else {}
 
 
@@ -89,8 +89,13 @@ def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-               batch_size: int = 500) -> dict[str, float]:  # fmt: skip
+def test_error(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 500,
+) -> dict[str, float]:
     """Test error (%) over all given images, and the mean forward NFE of the ODE blocks."""
     model.eval()
     data = MNISTBatches(images, labels, batch_size, shuffle=False, augment=False)
@@ -118,19 +123,26 @@ def train(args: argparse.Namespace) -> int:
     if args.test_limit:
         test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
 
-    model = build_mnist_model(args.model, **_model_kwargs(args.model, args.tol, args.gradient))
-    data = MNISTBatches(train_images, train_labels, args.batch_size, shuffle=True, augment=True,
-                        seed=args.seed)  # fmt: skip
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
-                                weight_decay=args.weight_decay, nesterov=True)  # fmt: skip
+    model = build_mnist_model(args.model, **model_kwargs(args.model, args.tol, args.gradient))
+    data = MNISTBatches(
+        train_images, train_labels, args.batch_size, shuffle=True, augment=True, seed=args.seed
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(data)
     )
-    config = {key: str(value) if isinstance(value, Path) else value
-              for key, value in vars(args).items() if key != "handler"}  # fmt: skip
+    config = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if key != "handler"
+    }
     config["parameters"] = count_parameters(model)
-    print(f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
-          f"writing to {out}")  # fmt: skip
+    print(
+        f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
+        f"writing to {out}"
+    )
     trainer = Trainer(
         model,
         optimizer,
@@ -158,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> int:
     saved = load_checkpoint(args.checkpoint, map_location=device)
     config = saved["config"]
     tol = args.tol if args.tol is not None else config.get("tol", 1e-3)
-    model = build_mnist_model(config["model"], **_model_kwargs(config["model"], tol, "backprop"))
+    model = build_mnist_model(config["model"], **model_kwargs(config["model"], tol, "backprop"))
     model.load_state_dict(saved["model"])
     model.to(device)
     images, labels = load_mnist(args.data_dir, "test", download=args.download)
@@ -167,11 +179,18 @@ def evaluate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     metrics = test_error(model, images, labels, device)
     name = config["model"]
-    result = {"model": name, "parameters": count_parameters(model), "images": len(labels),
-              "tol": tol if name == "odenet" else None, **metrics,
-              "seconds": time.perf_counter() - start}  # fmt: skip
-    print(f"{result['model']}: test error {result['test_error']:.2f}% on {result['images']:,} "
-          f"images, {result['parameters']:,} parameters, mean forward NFE "
-          f"{result['test_nfe']:.1f}")  # fmt: skip
+    result = {
+        "model": name,
+        "parameters": count_parameters(model),
+        "images": len(labels),
+        "tol": tol if name == "odenet" else None,
+        **metrics,
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"{result['model']}: test error {result['test_error']:.2f}% on {result['images']:,} "
+        f"images, {result['parameters']:,} parameters, mean forward NFE "
+        f"{result['test_nfe']:.1f}"
+    )
     print(json.dumps(result))
     return 0

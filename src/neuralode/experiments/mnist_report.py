@@ -1,0 +1,218 @@
+"""The Table 1 report: ``neuralode mnist report`` turns trained runs into results/mnist.md.
+
+For every model with a finished run (``RUNS/<model>/model.pt``) it measures the test error on the
+full test set, the peak memory of one training step on a batch of 128 (in a fresh process), and
+reads the time per step and the NFE from the run's ``log.jsonl``. For the ODE-Net it also redoes
+the paper's adaptive-computation figures: NFE and test error against the solver tolerance, NFE
+over the training epochs, and backward against forward NFE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import load_mnist
+from ..models import build_mnist_model, count_parameters
+from ..plots import plot_adaptive_computation
+from ..training import resolve_device
+from ..training.checkpoint import load_checkpoint
+from .mnist import MODELS, classification_loss, model_kwargs, test_error
+
+PAPER = {
+    "mlp": (1.60, "0.24M"),
+    "resnet": (0.41, "0.60M"),
+    "rknet": (0.47, "0.22M"),
+    "odenet": (0.42, "0.22M"),
+}
+TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+MEMORY_BATCH = 128
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("results/mnist"),
+        help="folder of run folders, one per model (default results/mnist)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results"), help="where mnist.md goes")
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=list(TOLERANCES),
+        help="ODE-Net tolerances for the adaptive-computation figure",
+    )
+    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
+    parser.add_argument("--download", action="store_true", help="download MNIST if missing")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(epoch records, step records) of a run's log.jsonl."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return (
+        [r for r in records if r["kind"] == "epoch"],
+        [r for r in records if r["kind"] == "step"],
+    )
+
+
+def load_model(path: Path, device: torch.device, tol: float | None = None) -> tuple[Any, dict]:
+    """A saved Table 1 model (model.pt) and its config; ``tol`` overrides the ODE-Net's."""
+    saved = load_checkpoint(path, map_location=device)
+    config = saved["config"]
+    tol = config.get("tol", 1e-3) if tol is None else tol
+    model = build_mnist_model(config["model"], **model_kwargs(config["model"], tol, "backprop"))
+    model.load_state_dict(saved["model"])
+    return model.to(device), config
+
+
+def training_step_memory(model_name: str, gradient: str, threads: int) -> float:
+    """Peak resident memory (MiB) that one training step on a batch of 128 adds, measured in a
+    fresh process with glibc's mmap threshold fixed so freed tensors leave the resident set."""
+    command = [
+        sys.executable,
+        "-m",
+        "neuralode.experiments.mnist_report",
+        model_name,
+        gradient,
+        str(threads),
+    ]
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def _measure_step_memory(model_name: str, gradient: str, threads: int) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_mnist_model(model_name, **model_kwargs(model_name, 1e-3, gradient))
+    batch = (torch.randn(MEMORY_BATCH, 1, 28, 28), torch.randint(0, 10, (MEMORY_BATCH,)))
+    classification_loss(model, (batch[0][:2], batch[1][:2]))[0].backward()  # warm-up
+    model.zero_grad()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    classification_loss(model, batch)[0].backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write results/mnist.md, results/mnist.json and results/mnist_adaptive.png."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    images, labels = load_mnist(args.data_dir, "test", download=args.download)
+    if args.test_limit:
+        images, labels = images[: args.test_limit], labels[: args.test_limit]
+    rows, sweep, odenet_log = [], [], None
+    for name in MODELS:
+        path = args.runs / name / "model.pt"
+        if not path.exists():
+            continue
+        model, config = load_model(path, device)
+        epochs, steps = read_log(args.runs / name / "log.jsonl")
+        last = epochs[-1]
+        metrics = test_error(model, images, labels, device)
+        gradient = config.get("gradient", "backprop") if name == "odenet" else "backprop"
+        row = {
+            "model": name,
+            "parameters": count_parameters(model),
+            **metrics,
+            "epochs": len(epochs),
+            "seconds_per_step": last["seconds"] / epochs[0]["step"],
+            "nfe_forward": last["nfe_forward"],
+            "nfe_backward": last["nfe_backward"],
+            "gradient": gradient if name in ("odenet", "rknet") else "—",
+            "memory_mib": training_step_memory(name, gradient, torch.get_num_threads()),
+        }
+        rows.append(row)
+        shutil.copyfile(path, args.runs / f"{name}.pt")
+        print(f"{name}: test error {row['test_error']:.2f}%", flush=True)
+        if name == "odenet":
+            odenet_log = (epochs, steps)
+            for tol in args.tolerances:
+                swept, _ = load_model(path, device, tol)
+                start = time.perf_counter()
+                result = test_error(swept, images, labels, device)
+                sweep.append({"tol": tol, **result, "seconds": time.perf_counter() - start})
+                print(
+                    f"  tol {tol:g}: error {result['test_error']:.2f}%, NFE "
+                    f"{result['test_nfe']:.1f}",
+                    flush=True,
+                )
+    if not rows:
+        print(f"no finished runs (model.pt) under {args.runs}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    if odenet_log is not None:
+        epochs, steps = odenet_log
+        plot_adaptive_computation(
+            tolerances=np.array([s["tol"] for s in sweep]),
+            nfe=np.array([s["test_nfe"] for s in sweep]),
+            error=np.array([s["test_error"] for s in sweep]),
+            epoch_nfe=np.array([[e["nfe_forward"], e["nfe_backward"]] for e in epochs]),
+            step_nfe=np.array([[s["nfe_forward"], s["nfe_backward"]] for s in steps]),
+            path=args.out / "mnist_adaptive.png",
+        )
+    (args.out / "mnist.json").write_text(
+        json.dumps(
+            {"models": rows, "odenet_tolerance_sweep": sweep, "test_images": len(labels)}, indent=2
+        )
+    )
+    text = format_table(rows, sweep, len(labels))
+    (args.out / "mnist.md").write_text(text)
+    print(text)
+    return 0
+
+
+def format_table(rows: list[dict], sweep: list[dict], test_images: int) -> str:
+    """results/mnist.md: the measured Table 1 beside the paper's, and the tolerance sweep."""
+    lines = [
+        "# MNIST: the paper's Table 1, measured here",
+        "",
+        f"Command: `neuralode mnist report` (test error on {test_images:,} test images). Training "
+        "runs: `neuralode mnist train --model MODEL` (see each run's config in its checkpoint).",
+        "",
+        "| model | test error | paper | parameters | paper | gradient | peak memory per training "
+        "batch of 128 | time per training step | forward NFE | backward NFE | epochs |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        paper_error, paper_params = PAPER[r["model"]]
+        solves = r["model"] in ("odenet", "rknet")
+        nfe = f"{r['nfe_forward']:.1f} | {r['nfe_backward']:.1f}" if solves else "— | —"
+        lines.append(
+            f"| {r['model']} | {r['test_error']:.2f}% | {paper_error:.2f}% | {r['parameters']:,} | "
+            f"{paper_params} | {r['gradient']} | {r['memory_mib']:.1f} MiB | "
+            f"{1e3 * r['seconds_per_step']:.0f} ms | {nfe} | {r['epochs']} |"
+        )
+    if sweep:
+        lines += [
+            "",
+            "## ODE-Net at other solver tolerances (evaluation only)",
+            "",
+            "| rtol = atol | test error | mean forward NFE | seconds |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {s['tol']:g} | {s['test_error']:.2f}% | {s['test_nfe']:.1f} | {s['seconds']:.1f} |"
+            for s in sweep
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # child process of training_step_memory
+    print(_measure_step_memory(sys.argv[1], sys.argv[2], int(sys.argv[3])))
