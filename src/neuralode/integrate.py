@@ -134,6 +134,7 @@ class StepLoop:
         self.field, self.times, self.tableau = field, list(times), tableau
         self.controller, self.tolerance = controller, tolerance
         self.max_num_steps = max_num_steps
+        self.coefficients = tableau.tensors(y0.dtype, y0.device)
         self.direction = 1.0 if times[-1] >= times[0] else -1.0
         self.span = abs(times[-1] - times[0])
         # States are (1, N) rows inside the loop: each stage is one row-times-matrix product.
@@ -158,13 +159,7 @@ class StepLoop:
         """Take steps until the end (or ``max_accepted`` accepted steps); return the states at
         the output times passed, as (m, N) blocks in time order."""
         times, t_end, direction = self.times, self.times[-1], self.direction
-        tableau, controller, tolerance, stats = (
-            self.tableau, self.controller, self.tolerance, self.field.stats
-        )  # fmt: skip
-        field = self.field
-        coefficients = tableau.tensors(self.y.dtype, self.y.device)
-        a_rows, c, b, b_err = coefficients.a, coefficients.c, coefficients.b, coefficients.b_err
-        stages, fsal, dense = tableau.stages, tableau.fsal, tableau.dense
+        controller, stats = self.controller, self.field.stats
         needs_error = controller.needs_error
         t, y, f, dt, next_output = self.t, self.y, self.f, self.dt, self.next_output
         abs_y = y.detach().abs() if needs_error else None
@@ -172,85 +167,116 @@ class StepLoop:
         accepted = 0
         while next_output < len(times) and (max_accepted is None or accepted < max_accepted):
             if stats.n_steps >= self.max_num_steps:
-                raise MaxStepsExceededError(
-                    f"max_num_steps={self.max_num_steps} exceeded at t={t:.6g} (integrating from "
-                    f"t={times[0]:.6g} to t={t_end:.6g}) after {stats.nfe} function evaluations; "
-                    "raise options={'max_num_steps': ...}, loosen rtol/atol, or use a solver "
-                    "for stiff problems",
-                    t,
-                )
+                self._raise_max_steps(t)
             t1 = t + direction * dt
             target = times[next_output]
             if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target):
                 # Land exactly on the end (never step past it) or on an output time rounding missed.
                 t1 = t_end if direction * (t1 - t_end) >= 0 else target
             step = t1 - t
-
             if f is None:
-                f = field(t, y)
-            ks = [f]
-            y_stage = y
-            for i in range(1, stages):
-                y_stage = torch.addmm(y, a_rows[i], torch.cat(ks), alpha=step)
-                ks.append(field(t + c[i] * step, y_stage))
-            k = torch.cat(ks)  # (stages, N)
-            y1 = y_stage if fsal else torch.addmm(y, b, k, alpha=step)
-
+                f = self.field(t, y)
+            k, y1 = self._stages(t, y, f, step)
             with torch.no_grad():
-                if needs_error:
-                    abs_y1 = y1.abs()
-                    error = torch.mm(b_err, k).div_(tolerance.scale(abs_y, abs_y1))
-                    check = abs(step) * float(tolerance.norm(error))
-                else:
-                    check = float(torch.linalg.vector_norm(y1, math.inf))
-            if not needs_error and not math.isfinite(check):
-                raise NonFiniteStateError(
-                    f"the state became NaN or Inf in the step from t={t:.6g} to t={t1:.6g}", t
-                )
-            accept, dt_next = controller.propose(check if needs_error else 0.0, abs(step), t1)
+                abs_y1 = y1.abs() if needs_error else None
+                check = self._error_ratio(step, k, abs_y, abs_y1) if needs_error else 0.0
+                if not needs_error:
+                    self._check_finite(t, t1, y1)
+            accept, dt_next = controller.propose(check, abs(step), t1)
             if not accept:
                 stats.n_rejected += 1
                 if dt_next < _minimum_step(t, self.span):
-                    if not math.isfinite(check):
-                        raise NonFiniteStateError(
-                            f"the state became NaN or Inf at t={t:.6g}: every step from there "
-                            f"produced non-finite values, down to dt={dt_next:.3g}",
-                            t,
-                        )
-                    raise StepSizeUnderflowError(
-                        f"step size underflow at t={t:.6g}: dt={dt_next:.3g} is below the "
-                        "resolution of t; the problem may be stiff or the vector field singular "
-                        "or discontinuous there",
-                        t,
-                    )
+                    self._raise_underflow(t, dt_next, check)
                 dt = dt_next
                 continue
 
             stats.n_accepted += 1
-            accepted += 1
             stats.last_dt = abs(step)
-            f1 = ks[-1] if fsal else None
+            accepted += 1
+            f1 = k[-1:] if self.tableau.fsal else None
             first = next_output
             while next_output < len(times) and direction * (times[next_output] - t1) <= 0:
                 next_output += 1
             interior = [times[j] for j in range(first, next_output) if times[j] != t1]
             if interior:
                 if f1 is None:
-                    f1 = field(t1, y1)
-                basis = k if fsal else torch.cat([k, f1])
-                theta = (np.asarray(interior) - t) / step
-                powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
-                weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
-                outputs.append(torch.addmm(y, weights, basis, alpha=step))
+                    f1 = self.field(t1, y1)
+                outputs.append(self._interpolate(t, y, k, f1, step, interior))
             if next_output > first and times[next_output - 1] == t1:
                 outputs.append(y1)
-            t, y, f = t1, y1, f1
-            if needs_error:
-                abs_y = abs_y1
-            dt = dt_next
+            t, y, f, abs_y, dt = t1, y1, f1, abs_y1, dt_next
         self.t, self.y, self.f, self.dt, self.next_output = t, y, f, dt, next_output
-        self.controller = controller
         return outputs
+
+    def _stages(
+        self, t: float, y: torch.Tensor, f: torch.Tensor, step: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stages k, (S, N), of one step of size ``step`` from (t, y) with f = f(t, y), and
+        the solution y1, (1, N), at its end."""
+        tableau, coefficients = self.tableau, self.coefficients
+        a_rows, c = coefficients.a, coefficients.c
+        ks = [f]
+        y_stage = y
+        for i in range(1, tableau.stages):
+            y_stage = torch.addmm(y, a_rows[i], torch.cat(ks), alpha=step)
+            ks.append(self.field(t + c[i] * step, y_stage))
+        k = torch.cat(ks)
+        if tableau.fsal:  # the last stage was evaluated at the solution
+            return k, y_stage
+        return k, torch.addmm(y, coefficients.b, k, alpha=step)
+
+    def _error_ratio(
+        self, step: float, k: torch.Tensor, abs_y0: torch.Tensor, abs_y1: torch.Tensor
+    ) -> float:
+        """Norm of the error estimate scaled by the tolerance (≤ 1: accept)."""
+        error = torch.mm(self.coefficients.b_err, k).div_(self.tolerance.scale(abs_y0, abs_y1))
+        return abs(step) * float(self.tolerance.norm(error))
+
+    def _interpolate(
+        self,
+        t: float,
+        y: torch.Tensor,
+        k: torch.Tensor,
+        f1: torch.Tensor,
+        step: float,
+        times: list[float],
+    ) -> torch.Tensor:
+        """Dense output of the step from (t, y): the states at ``times`` inside it, (m, N)."""
+        basis = k if self.tableau.fsal else torch.cat([k, f1])
+        dense = self.tableau.dense
+        theta = (np.asarray(times) - t) / step
+        powers = theta[:, None] ** np.arange(1, dense.shape[1] + 1)
+        weights = torch.as_tensor(powers @ dense.T, dtype=y.dtype, device=y.device)
+        return torch.addmm(y, weights, basis, alpha=step)
+
+    def _check_finite(self, t: float, t1: float, y1: torch.Tensor) -> None:
+        """Fixed steps have no error estimate to catch NaN/Inf: check the state itself."""
+        if not math.isfinite(float(torch.linalg.vector_norm(y1, math.inf))):
+            raise NonFiniteStateError(
+                f"the state became NaN or Inf in the step from t={t:.6g} to t={t1:.6g}", t
+            )
+
+    def _raise_max_steps(self, t: float) -> None:
+        raise MaxStepsExceededError(
+            f"max_num_steps={self.max_num_steps} exceeded at t={t:.6g} (integrating from "
+            f"t={self.times[0]:.6g} to t={self.times[-1]:.6g}) after {self.field.stats.nfe} "
+            "function evaluations; raise options={'max_num_steps': ...}, loosen rtol/atol, or "
+            "use a solver for stiff problems",
+            t,
+        )
+
+    def _raise_underflow(self, t: float, dt: float, error_ratio: float) -> None:
+        if not math.isfinite(error_ratio):
+            raise NonFiniteStateError(
+                f"the state became NaN or Inf at t={t:.6g}: every step from there produced "
+                f"non-finite values, down to dt={dt:.3g}",
+                t,
+            )
+        raise StepSizeUnderflowError(
+            f"step size underflow at t={t:.6g}: dt={dt:.3g} is below the resolution of t; the "
+            "problem may be stiff or the vector field singular or discontinuous there",
+            t,
+        )
 
 
 def integrate(loop: StepLoop) -> torch.Tensor:
