@@ -212,3 +212,22 @@ def test_adjoint_object_configures_backward_solve() -> None:
                        gradient=Adjoint(method="rk4", options={"step_size": 0.1}))  # fmt: skip
     ys.sum().backward()
     assert stats.backward_nfe == 40  # 10 rk4 steps of 4 evaluations
+
+
+def test_adjoint_accepts_leaves_created_inside_func() -> None:
+    """A vector field may detach its input and track it afresh (to take a trace, say): such a
+    leaf lives only for one call and is not a lost parameter."""
+
+    class Traced(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor(-0.5))
+
+        def forward(self, t, y):
+            y = y.detach().requires_grad_(True)
+            return self.rate * y
+
+    func = Traced()
+    ys = odeint_adjoint(func, torch.ones(3), torch.tensor([0.0, 1.0]))
+    (grad,) = torch.autograd.grad(ys[-1].sum(), [func.rate])
+    assert torch.isfinite(grad)

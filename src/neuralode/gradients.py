@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,6 +110,23 @@ def _leaves(output: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
+def _unlisted_leaves(
+    problem: Problem, y0: torch.Tensor, params: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``.
+
+    Leaves that func creates during the call (such as a detached copy of y that requires grad,
+    to take a trace) die with the call's graph and are not reported; only tensors that outlive
+    the call, the ones whose gradients the adjoint would lose, are.
+    """
+    with torch.enable_grad():
+        f0 = problem.first_derivative(y0.detach())
+    known = {id(p) for p in params}
+    candidates = [weakref.ref(leaf) for leaf in _leaves(f0) if id(leaf) not in known]
+    del f0
+    return [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+
+
 @dataclass(frozen=True)
 class Adjoint:
     """The adjoint sensitivity method (torchdiffeq's ``odeint_adjoint``).
@@ -144,10 +162,7 @@ class Adjoint:
             )
         params = tuple(p for p in params if p.requires_grad)
         if torch.is_grad_enabled():
-            with torch.enable_grad():
-                f0 = problem.first_derivative(y0.detach())
-            known = {id(p) for p in params}
-            missing = [leaf for leaf in _leaves(f0) if id(leaf) not in known]
+            missing = _unlisted_leaves(problem, y0, params)
             if missing:
                 shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
                 raise ODEInputError(

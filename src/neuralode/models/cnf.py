@@ -1,0 +1,347 @@
+"""Continuous normalizing flows (Chen et al. 2018, section 4; FFJORD, Grathwohl et al. 2019) and
+the discrete planar flow they are compared with (Rezende & Mohamed 2015).
+
+Sign convention (FFJORD's). Along a trajectory of dz/dt = f(t, z) the density obeys the
+instantaneous change of variables d log p_t(z(t))/dt = −tr(∂f/∂z). A CNF solves the augmented
+state (z, logp) with d(logp)/dt = −tr(∂f/∂z), so the logp channel follows log p_t(z(t)) up to
+its start value. Data live at t = 0 and the base density N(0, I) at t = t1:
+
+- density: from (x, 0) at t = 0 to (z, Δ) at t = t1, Δ = −∫_0^t1 tr(∂f/∂z) dt, and
+  log p(x) = log N(z; 0, I) − Δ;
+- sampling: from (z, log N(z; 0, I)) at t = t1, z ~ N(0, I), back to (x, log q(x)) at t = 0.
+
+For a linear field f(z) = A z: z(t1) = exp(A t1) x and log p(x) = log N(z(t1); 0, I) + t1 tr(A).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ..gradients import GradientMode, gradient_mode
+from ..odeint import odeint
+from ..state import State
+from ..stats import SolverStats
+from .trace import NOISES, basis_vectors, sample_noise, vector_jacobian_products
+
+TRACES = ("exact", "hutchinson")
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) per sample: (batch, d) → (batch,)."""
+    return -0.5 * (z.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+
+
+class Regularization(NamedTuple):
+    """Regularisers of Finlay et al. (2020), integrated over [0, t1] per sample, each (batch,).
+
+    Attributes:
+        kinetic: ∫ ‖f(t, z)‖² dt.
+        jacobian: ∫ ‖∂f/∂z‖_F² dt: exact with the exact trace, else the Hutchinson estimate
+            ∫ ‖εᵀ ∂f/∂z‖² dt with the solve's noise ε.
+    """
+
+    kinetic: torch.Tensor
+    jacobian: torch.Tensor
+
+
+class CNFDynamics(nn.Module):
+    """The augmented dynamics of one solve: (z, logp[, kinetic, jacobian]) ↦
+    (f, −tr(∂f/∂z)[, ‖f‖², ‖∂f/∂z‖_F²]), z of shape (batch, d), the others (batch,).
+
+    Its parameters are the field's, as the adjoint method needs. The products with the basis
+    vectors (exact trace) or the probes (Hutchinson) come from
+    :func:`~neuralode.models.trace.vector_jacobian_products`: computed under ``torch.no_grad()``
+    too, differentiable when autograd records.
+
+    Args:
+        field: the vector field ``field(t, z) -> dz/dt``, acting on each row of z separately.
+        noise: Hutchinson probes ε (batch, d) held fixed during the solve, or None for the exact
+            trace.
+        regularize: also integrate the two regularisers.
+    """
+
+    def __init__(self, field: nn.Module, noise: torch.Tensor | None, regularize: bool) -> None:
+        super().__init__()
+        self.field = field
+        self.noise = noise
+        self.regularize = regularize
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        z = state[0]
+        vectors = basis_vectors(z) if self.noise is None else self.noise[None]
+        dz, products = vector_jacobian_products(functools.partial(self.field, t), z, vectors)
+        # products[k] = v_kᵀ J: with the basis, J's rows, so tr J = Σ_i products[i, :, i].
+        trace = (products * vectors).sum((0, -1))
+        if not self.regularize:
+            return dz, -trace
+        return dz, -trace, dz.square().sum(-1), products.square().sum((0, -1))
+
+
+class CNF(nn.Module):
+    """A continuous normalizing flow on R^d with base density N(0, I) at t = t1 (see the module
+    docstring for the sign convention).
+
+    Args:
+        field: the vector field, an ``nn.Module`` called as ``field(t, z)`` with t a 0-d tensor
+            and z (batch, d), returning dz/dt (batch, d); rows must not interact.
+        dim: d, the dimension of the data.
+        t1: end of the integration interval [0, t1].
+        train_t1: learn t1, parameterised as t1 = s², s the parameter ``sqrt_t1`` (FFJORD's
+            ``sqrt_end_time``; None when t1 is fixed).
+        trace: ``"exact"`` (d vector-Jacobian products, batched) or ``"hutchinson"`` (one, with
+            probes drawn once per solve).
+        noise: Hutchinson probes, ``"gaussian"`` or ``"rademacher"``.
+        method, rtol, atol, options: the solver (see :func:`neuralode.odeint`).
+        gradient: ``"backprop"``, ``"adjoint"`` or ``"checkpoint"`` (or a configured mode).
+
+    Samples take the dtype and device of the field's first parameter.
+
+    Attributes:
+        stats: the :class:`SolverStats` of the last solve (backward fields fill in after the
+            backward pass).
+    """
+
+    def __init__(
+        self,
+        field: nn.Module,
+        dim: int,
+        *,
+        t1: float = 1.0,
+        train_t1: bool = False,
+        trace: str = "exact",
+        noise: str = "gaussian",
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        options: Mapping[str, Any] | None = None,
+        gradient: str | GradientMode = "backprop",
+    ) -> None:
+        super().__init__()
+        if trace not in TRACES:
+            raise ValueError(f"unknown trace {trace!r}; valid traces are: {', '.join(TRACES)}")
+        if noise not in NOISES:
+            raise ValueError(f"unknown noise {noise!r}; valid noises are: {', '.join(NOISES)}")
+        self.field = field
+        self.dim = dim
+        self.fixed_t1 = t1
+        self.register_parameter(
+            "sqrt_t1", nn.Parameter(torch.tensor(math.sqrt(t1))) if train_t1 else None
+        )
+        self.trace, self.noise = trace, noise
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self.options = dict(options or {})
+        self.gradient = gradient_mode(gradient)
+        self.stats = SolverStats()
+
+    @property
+    def t1(self) -> torch.Tensor:
+        """End of the integration interval, a 0-d tensor (float64 unless learnt)."""
+        if self.sqrt_t1 is None:
+            return torch.tensor(self.fixed_t1, dtype=torch.float64)
+        return self.sqrt_t1.square()
+
+    def transform(
+        self, z: torch.Tensor, logp: torch.Tensor, *, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Carry (z (batch, d), logp (batch,)) from t = 0 to t1, or from t1 to 0 if ``reverse``;
+        logp changes by −∫ tr(∂f/∂z) dt along the way. Returns the end values."""
+        z_end, logp_end = self._augmented_solve(z, logp, reverse, regularize=False)
+        return z_end, logp_end
+
+    def log_prob(
+        self, x: torch.Tensor, return_regularization: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Regularization]:
+        """log p(x) = log N(z(t1); 0, I) − Δ: x (batch, d) → (batch,), and the
+        :class:`Regularization` of this solve if ``return_regularization``."""
+        z, delta, *regularizers = self._augmented_solve(
+            x, x.new_zeros(x.shape[0]), reverse=False, regularize=return_regularization
+        )
+        log_prob = standard_normal_log_prob(z) - delta
+        return (log_prob, Regularization(*regularizers)) if return_regularization else log_prob
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n samples (n, d): z ~ N(0, I) carried from t1 to 0 by the field alone (no trace)."""
+        return self._integrate(self.field, self._base_samples(n), reverse=True)
+
+    def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples x (n, d) with their log-density log q(x) (n,), for density matching."""
+        z = self._base_samples(n)
+        return self.transform(z, standard_normal_log_prob(z), reverse=True)
+
+    def _base_samples(self, n: int) -> torch.Tensor:
+        like = next(self.field.parameters())
+        return torch.randn(n, self.dim, dtype=like.dtype, device=like.device)
+
+    def _augmented_solve(
+        self, z: torch.Tensor, logp: torch.Tensor, reverse: bool, regularize: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """(z, logp[, kinetic, jacobian]) at the end of the augmented solve, with fresh probes."""
+        if torch.is_grad_enabled() and not z.requires_grad:
+            # Every z the dynamics sees then requires grad, so the products are taken by autograd
+            # (the torch.func path refuses the saved-tensor hooks of checkpointed segments).
+            z = z.detach().requires_grad_(True)
+        noise = sample_noise(z, self.noise) if self.trace == "hutchinson" else None
+        regularizers = (z.new_zeros(z.shape[0]),) * 2 if regularize else ()
+        dynamics = CNFDynamics(self.field, noise, regularize)
+        return self._integrate(dynamics, (z, logp, *regularizers), reverse)
+
+    def _integrate(self, func: nn.Module, state: State, reverse: bool) -> State:
+        """The state at the end of one solve of d(state)/dt = func over [0, t1] (from t1 to 0 if
+        ``reverse``); records the solve's statistics in ``stats``."""
+        like = state[0] if isinstance(state, tuple) else state
+        end = self.t1.to(dtype=like.dtype, device=like.device)
+        start = torch.zeros_like(end)
+        times = torch.stack((end, start) if reverse else (start, end))
+        solution, self.stats = odeint(
+            func,
+            state,
+            times,
+            rtol=self.rtol,
+            atol=self.atol,
+            method=self.method,
+            options=self.options,
+            gradient=self.gradient,
+            return_stats=True,
+        )
+        return tuple(part[-1] for part in solution) if isinstance(state, tuple) else solution[-1]
+
+
+class HyperNetField(nn.Module):
+    """The paper's CNF vector field: ``width`` planar units whose parameters are functions of t,
+    dz/dt = (1/width) Σ_n σ_n(t) u_n(t) tanh(w_n(t)ᵀ z + b_n(t)); z (batch, d) → (batch, d).
+
+    A network of t (1 → hidden → hidden → width·(2d + 2), tanh) outputs u_n, w_n ∈ R^d, b_n ∈ R
+    and the gate's logit, σ_n(t) ∈ (0, 1). The trace of its Jacobian is cheap to take exactly.
+    """
+
+    def __init__(self, d: int, width: int = 64, hidden: int = 32) -> None:
+        super().__init__()
+        self.d, self.width = d, width
+        self.hypernet = nn.Sequential(
+            nn.Linear(1, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, width * (2 * d + 2)),
+        )
+
+    def planar_units(
+        self, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u (width, d), w (width, d), b (width,) and the gate σ (width,) at time t (0-d)."""
+        params = self.hypernet(t.reshape(1, 1)).view(self.width, 2 * self.d + 2)
+        u, w, b, gate = params.split([self.d, self.d, 1, 1], dim=-1)
+        return u, w, b.squeeze(-1), torch.sigmoid(gate.squeeze(-1))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        u, w, b, gate = self.planar_units(t)
+        return (torch.tanh(z @ w.T + b) * gate) @ u / self.width
+
+
+class ConcatSquashLinear(nn.Module):
+    """FFJORD's time-conditioned linear layer: y = Linear(h) · sigmoid(Linear_gate(t)) +
+    Linear_bias(t); h (batch, in_features) → (batch, out_features), t a 0-d tensor."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.hyper_gate = nn.Linear(1, out_features)
+        self.hyper_bias = nn.Linear(1, out_features, bias=False)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        time = t.to(h.dtype).reshape(1, 1)
+        return self.linear(h) * torch.sigmoid(self.hyper_gate(time)) + self.hyper_bias(time)
+
+
+class ConcatSquashMLP(nn.Module):
+    """FFJORD's toy vector field: concat-squash layers d → hidden… → d with tanh between them;
+    z (batch, d) → dz/dt (batch, d)."""
+
+    def __init__(self, d: int, hidden: tuple[int, ...] = (64, 64, 64)) -> None:
+        super().__init__()
+        sizes = (d, *hidden, d)
+        self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in itertools.pairwise(sizes))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = z
+        for index, layer in enumerate(self.layers):
+            h = layer(t, h)
+            if index < len(self.layers) - 1:
+                h = torch.tanh(h)
+        return h
+
+
+class PlanarLayer(nn.Module):
+    """One planar layer f(z) = z + û tanh(wᵀz + b); z (batch, d).
+
+    û = u + (m(wᵀu) − wᵀu) w / ‖w‖² with m(a) = −1 + softplus(a), so wᵀû = m(wᵀu) > −1 (≥ −1
+    once softplus rounds to 0) and f is invertible. log|det ∂f/∂z| = log|1 + ûᵀ w tanh'(wᵀz + b)|,
+    with ûᵀw taken in closed form.
+    """
+
+    def __init__(self, d: int, init_scale: float = 0.1) -> None:
+        super().__init__()
+        self.u = nn.Parameter(init_scale * torch.randn(d))
+        self.w = nn.Parameter(init_scale * torch.randn(d))
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def w_dot_u_hat(self) -> torch.Tensor:
+        """wᵀû = m(wᵀu) = softplus(wᵀu) − 1 ≥ −1, in closed form (0-d)."""
+        return nn.functional.softplus(self.w @ self.u) - 1
+
+    def u_hat(self) -> torch.Tensor:
+        """The reparameterised û (d,)."""
+        wu = self.w @ self.u
+        return self.u + (self.w_dot_u_hat() - wu) * self.w / self.w.square().sum()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(z) (batch, d) and log|det ∂f/∂z| (batch,)."""
+        h = torch.tanh(z @ self.w + self.b)
+        log_det = torch.log(torch.abs(1 + (1 - h.square()) * self.w_dot_u_hat()))
+        return z + h[:, None] * self.u_hat(), log_det
+
+
+class PlanarFlow(nn.Module):
+    """K stacked planar layers (Rezende & Mohamed 2015), f = f_K ∘ … ∘ f_1 on R^d.
+
+    Planar layers have no closed-form inverse, so the stack is used in one direction per task:
+
+    - density matching, KL(q‖p): base → data, :meth:`sample_with_log_prob` gives x = f(z),
+      z ~ N(0, I), with log q(x) = log N(z) − Σ_k log|det ∂f_k|;
+    - maximum likelihood: data → base (the normalising direction), :meth:`log_prob` gives
+      log p(x) = log N(f(x)) + Σ_k log|det ∂f_k|.
+
+    The two describe different densities for the same parameters: train a model for one use.
+    """
+
+    def __init__(self, d: int, K: int) -> None:
+        super().__init__()
+        self.d = d
+        self.layers = nn.ModuleList(PlanarLayer(d) for _ in range(K))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(z) (batch, d) and Σ_k log|det ∂f_k| (batch,)."""
+        log_det = z.new_zeros(z.shape[0])
+        for layer in self.layers:
+            z, layer_log_det = layer(z)
+            log_det = log_det + layer_log_det
+        return z, log_det
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) with the stack as the normalising map x ↦ z: (batch, d) → (batch,)."""
+        z, log_det = self(x)
+        return standard_normal_log_prob(z) + log_det
+
+    def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples x = f(z), z ~ N(0, I): (n, d), and log q(x) (n,)."""
+        like = self.layers[0].u
+        z = torch.randn(n, self.d, dtype=like.dtype, device=like.device)
+        x, log_det = self(z)
+        return x, standard_normal_log_prob(z) - log_det
