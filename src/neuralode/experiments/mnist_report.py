@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -104,9 +103,19 @@ def _measure_step_memory(model_name: str, gradient: str, threads: int) -> float:
     batch = (torch.randn(MEMORY_BATCH, 1, 28, 28), torch.randint(0, 10, (MEMORY_BATCH,)))
     classification_loss(model, (batch[0][:2], batch[1][:2]))[0].backward()  # warm-up
     model.zero_grad()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _resident_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
     classification_loss(model, batch)[0].backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return _resident_mib("VmHWM") - before
+
+
+def _resident_mib(field: str) -> float:
+    """VmRSS (current) or VmHWM (peak since the last reset) of this process, in MiB (Linux).
+    Unlike ru_maxrss, VmHWM is not inherited from the parent process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def run(args: argparse.Namespace) -> int:
