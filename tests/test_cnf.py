@@ -4,6 +4,7 @@ forward/backward consistency, regularisers, gradient modes, vector fields and pl
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ from neuralode.models.cnf import (
     standard_normal_log_prob,
 )
 from neuralode.models.trace import exact_trace, hutchinson_trace, sample_noise
+from neuralode.nn import SolverConfig
 
-TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+TIGHT = SolverConfig(rtol=1e-10, atol=1e-10)
 DTYPE = torch.float64
 
 
@@ -78,7 +80,7 @@ def test_linear_field_log_prob_matches_closed_form(trace: str, noise: str, diago
     (εᵀAε = tr A + Σ_{i≠j} ε_i A_ij ε_j with ε_i² = 1)."""
     a = torch.randn(3, 3, dtype=DTYPE) * 0.5
     a = torch.diag(a.diagonal()) if diagonal else a
-    cnf = CNF(Linear(a), 3, t1=0.7, trace=trace, noise=noise, **TIGHT).to(DTYPE)
+    cnf = CNF(Linear(a), 3, t1=0.7, trace=trace, noise=noise, solver=TIGHT).to(DTYPE)
     x = torch.randn(6, 3, dtype=DTYPE)
     torch.testing.assert_close(cnf.log_prob(x), linear_log_prob(a, x, 0.7), rtol=1e-8, atol=1e-8)
 
@@ -100,7 +102,7 @@ def test_regularizers_match_closed_form_for_diagonal_linear_field(trace: str) ->
     """f(z) = diag(a) z: z_i(t) = e^{a_i t} x_i, so ∫_0^T ‖f‖² dt = Σ_i a_i x_i² (e^{2 a_i T} − 1)/2
     and ∫_0^T ‖∂f/∂z‖_F² dt = T Σ_i a_i² (also for Rademacher probes: ‖εᵀ diag(a)‖² = Σ a_i²)."""
     a = torch.tensor([-0.8, 0.3, 1.1], dtype=DTYPE)
-    cnf = CNF(Linear(torch.diag(a)), 3, t1=0.6, trace=trace, noise="rademacher", **TIGHT)
+    cnf = CNF(Linear(torch.diag(a)), 3, t1=0.6, trace=trace, noise="rademacher", solver=TIGHT)
     x = torch.randn(5, 3, dtype=DTYPE)
     _, regularization = cnf.log_prob(x, return_regularization=True)
     kinetic = (a * x.square() * torch.expm1(2 * a * 0.6) / 2).sum(-1)
@@ -111,7 +113,7 @@ def test_regularizers_match_closed_form_for_diagonal_linear_field(trace: str) ->
 def test_sampling_and_density_are_consistent() -> None:
     """Base samples carried to data and back return to themselves, the log-density found while
     sampling equals log_prob of the sample, and sample() draws the same points."""
-    cnf = CNF(HyperNetField(2, width=8, hidden=16), 2, t1=0.8, **TIGHT).to(DTYPE)
+    cnf = CNF(HyperNetField(2, width=8, hidden=16), 2, t1=0.8, solver=TIGHT).to(DTYPE)
     torch.manual_seed(1)
     x, log_q = cnf.sample_with_log_prob(16)
     torch.manual_seed(1)
@@ -137,7 +139,8 @@ def test_adjoint_and_checkpoint_gradients_match_backprop(
     x = torch.randn(5, 2, dtype=DTYPE, requires_grad=data_requires_grad)
 
     def gradients(mode: str) -> tuple[torch.Tensor, ...]:
-        cnf = CNF(field, 2, t1=0.5, train_t1=True, trace=trace, gradient=mode, **TIGHT)
+        solver = replace(TIGHT, gradient=mode)
+        cnf = CNF(field, 2, t1=0.5, train_t1=True, trace=trace, solver=solver)
         cnf = cnf.to(DTYPE)
         torch.manual_seed(2)
         log_prob, reg = cnf.log_prob(x, return_regularization=True)
@@ -156,7 +159,8 @@ def test_learnable_t1_gradient_matches_closed_form(gradient: str) -> None:
     """f(z) = A z: log p(x) = log N(z; 0, I) + t1 tr A with z = exp(A t1) x, so
     d log p/d t1 = −zᵀ A z + tr A, and t1 = s² gives d/ds = 2 s d/d t1."""
     a = torch.tensor([[-0.4, 0.5], [-0.3, 0.2]], dtype=DTYPE)
-    cnf = CNF(Linear(a), 2, t1=0.8, train_t1=True, gradient=gradient, **TIGHT).to(DTYPE)
+    solver = replace(TIGHT, gradient=gradient)
+    cnf = CNF(Linear(a), 2, t1=0.8, train_t1=True, solver=solver).to(DTYPE)
     x = torch.randn(3, 2, dtype=DTYPE)
     (grad,) = torch.autograd.grad(cnf.log_prob(x).sum(), cnf.sqrt_t1)
     z = x @ torch.linalg.matrix_exp(a * cnf.t1.detach()).T
@@ -168,7 +172,7 @@ def test_learnable_t1_gradient_matches_closed_form(gradient: str) -> None:
 def test_every_solver_gives_the_linear_density(method: str) -> None:
     a = torch.tensor([[-0.4, 0.5], [-0.3, 0.2]], dtype=DTYPE)
     options = {} if METHODS[method].adaptive else {"step_size": 0.01}
-    cnf = CNF(Linear(a), 2, method=method, rtol=1e-7, atol=1e-7, options=options)
+    cnf = CNF(Linear(a), 2, solver=SolverConfig(method, rtol=1e-7, atol=1e-7, options=options))
     x = torch.randn(4, 2, dtype=DTYPE)
     log_prob = cnf.log_prob(x)
     log_prob.sum().backward()

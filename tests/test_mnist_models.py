@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuralode.models import MNIST_PARAMETER_COUNTS, build_mnist_model, count_parameters
-from neuralode.nn import NeuralODE
+from neuralode.nn import NeuralODE, SolverConfig
 
 NAMES = ["odenet", "resnet", "rknet", "mlp"]
 
@@ -28,10 +28,10 @@ def test_forward_gives_logits_for_each_image(name: str) -> None:
 def test_ode_blocks_use_the_requested_solver() -> None:
     odenet = build_mnist_model("odenet", tol=1e-2, gradient="backprop")
     assert isinstance(odenet.features, NeuralODE)
-    assert odenet.features.method == "dopri5" and odenet.features.rtol == 1e-2
+    assert odenet.features.solver == SolverConfig("dopri5", rtol=1e-2, atol=1e-2)
     rknet = build_mnist_model("rknet", step_size=0.5)
     rknet(torch.randn(2, 1, 28, 28))
-    assert rknet.features.method == "rk4" and rknet.features.nfe_forward == 8  # 2 steps × 4
+    assert rknet.features.solver.method == "rk4" and rknet.features.nfe_forward == 8  # 2 steps × 4
 
 
 def test_bad_names_and_arguments_are_rejected() -> None:

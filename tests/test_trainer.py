@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralode.nn import ConcatLinear, NeuralODE
+from neuralode.nn import ConcatLinear, NeuralODE, SolverConfig
 from neuralode.training import (
     FitResult,
     TensorBatches,
@@ -194,9 +194,8 @@ def test_sigterm_with_checkpoint_every_step_then_resume_is_identical(tmp_path: P
 
 def test_neural_ode_nfe_is_logged(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    ode = NeuralODE(
-        ConcatLinear(4, 4), method="rk4", options={"step_size": 0.5}, gradient="adjoint"
-    )
+    solver = SolverConfig(method="rk4", options={"step_size": 0.5}, gradient="adjoint")
+    ode = NeuralODE(ConcatLinear(4, 4), solver=solver)
     model = nn.Sequential(ode, nn.Linear(4, 1))
     trainer = Trainer(
         model,

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data import MNISTBatches, load_mnist
 from ..models import build_mnist_model, count_parameters
-from ..nn import NeuralODE
+from ..nn import ODEModule
 from ..training import Trainer, resolve_device, seed_everything
 from ..training.checkpoint import load_checkpoint
 
@@ -99,7 +99,7 @@ def test_error(
     """Test error (%) over all given images, and the mean forward NFE of the ODE blocks."""
     model.eval()
     data = MNISTBatches(images, labels, batch_size, shuffle=False, augment=False)
-    blocks = [m for m in model.modules() if isinstance(m, NeuralODE)]
+    blocks = [m for m in model.modules() if isinstance(m, ODEModule)]
     wrong, total, nfe = 0, 0, []
     for x, y in data.batches(0):
         x, y = x.to(device), y.to(device)

@@ -18,16 +18,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ..gradients import GradientMode, gradient_mode
-from ..odeint import odeint
+from ..nn.solve import ODEModule, SolverConfig
 from ..state import State
-from ..stats import SolverStats
 from .trace import NOISES, basis_vectors, sample_noise, vector_jacobian_products
 
 TRACES = ("exact", "hutchinson")
@@ -84,7 +81,7 @@ class CNFDynamics(nn.Module):
         return dz, -trace, dz.square().sum(-1), products.square().sum((0, -1))
 
 
-class CNF(nn.Module):
+class CNF(ODEModule):
     """A continuous normalizing flow on R^d with base density N(0, I) at t = t1 (see the module
     docstring for the sign convention).
 
@@ -98,8 +95,8 @@ class CNF(nn.Module):
         trace: ``"exact"`` (d vector-Jacobian products, batched) or ``"hutchinson"`` (one, with
             probes drawn once per solve).
         noise: Hutchinson probes, ``"gaussian"`` or ``"rademacher"``.
-        method, rtol, atol, options: the solver (see :func:`neuralode.odeint`).
-        gradient: ``"backprop"``, ``"adjoint"`` or ``"checkpoint"`` (or a configured mode).
+        solver: method, tolerances, options and gradient mode (default: dopri5 at
+            rtol = atol = 1e-5, FFJORD's setting, backpropagation).
 
     Samples take the dtype and device of the field's first parameter.
 
@@ -117,13 +114,9 @@ class CNF(nn.Module):
         train_t1: bool = False,
         trace: str = "exact",
         noise: str = "gaussian",
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        options: Mapping[str, Any] | None = None,
-        gradient: str | GradientMode = "backprop",
+        solver: SolverConfig | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(solver if solver is not None else SolverConfig(rtol=1e-5, atol=1e-5))
         if trace not in TRACES:
             raise ValueError(f"unknown trace {trace!r}; valid traces are: {', '.join(TRACES)}")
         if noise not in NOISES:
@@ -135,10 +128,6 @@ class CNF(nn.Module):
             "sqrt_t1", nn.Parameter(torch.tensor(math.sqrt(t1))) if train_t1 else None
         )
         self.trace, self.noise = trace, noise
-        self.method, self.rtol, self.atol = method, rtol, atol
-        self.options = dict(options or {})
-        self.gradient = gradient_mode(gradient)
-        self.stats = SolverStats()
 
     @property
     def t1(self) -> torch.Tensor:
@@ -172,8 +161,17 @@ class CNF(nn.Module):
 
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n samples x (n, d) with their log-density log q(x) (n,), for density matching."""
-        z = self._base_samples(n)
+        return self.from_base(self._base_samples(n))
+
+    def from_base(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base points z (batch, d) carried to the data space: x (batch, d) and log q(x)
+        (batch,)."""
         return self.transform(z, standard_normal_log_prob(z), reverse=True)
+
+    def trajectory(self, z: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """The points z (batch, d), given at ``times[0]``, at every time of ``times`` (in
+        [0, t1], monotonic): (len(times), batch, d). The field alone, no trace."""
+        return self.solve(self.field, z, times.to(z))
 
     def _base_samples(self, n: int) -> torch.Tensor:
         like = next(self.field.parameters())
@@ -199,17 +197,7 @@ class CNF(nn.Module):
         end = self.t1.to(dtype=like.dtype, device=like.device)
         start = torch.zeros_like(end)
         times = torch.stack((end, start) if reverse else (start, end))
-        solution, self.stats = odeint(
-            func,
-            state,
-            times,
-            rtol=self.rtol,
-            atol=self.atol,
-            method=self.method,
-            options=self.options,
-            gradient=self.gradient,
-            return_stats=True,
-        )
+        solution = self.solve(func, state, times)
         return tuple(part[-1] for part in solution) if isinstance(state, tuple) else solution[-1]
 
 
@@ -342,6 +330,10 @@ class PlanarFlow(nn.Module):
     def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n samples x = f(z), z ~ N(0, I): (n, d), and log q(x) (n,)."""
         like = self.layers[0].u
-        z = torch.randn(n, self.d, dtype=like.dtype, device=like.device)
+        return self.from_base(torch.randn(n, self.d, dtype=like.dtype, device=like.device))
+
+    def from_base(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base points z (batch, d) carried forwards, x = f(z) (batch, d), with log q(x)
+        (batch,)."""
         x, log_det = self(z)
         return x, standard_normal_log_prob(z) - log_det

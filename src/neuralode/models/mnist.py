@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..gradients import GradientMode
-from ..nn import ConcatConv2d, NeuralODE
+from ..nn import ConcatConv2d, NeuralODE, SolverConfig
 
 MNIST_PARAMETER_COUNTS = {"odenet": 208_266, "resnet": 576_778, "rknet": 208_266, "mlp": 238_510}
 
@@ -104,16 +104,16 @@ def odenet(
     """ODE-Net: (B, 1, 28, 28) → (B, 10) logits; 208,266 parameters. The ODE block
     (``model.features``, a :class:`NeuralODE`) integrates t ∈ [0, 1] adaptively with
     rtol = atol = tol."""
-    block = NeuralODE(ODEVectorField(_WIDTH), method=method, rtol=tol, atol=tol, gradient=gradient)
+    solver = SolverConfig(method=method, rtol=tol, atol=tol, gradient=gradient)
+    block = NeuralODE(ODEVectorField(_WIDTH), solver=solver)
     return _convnet(block)
 
 
 def rknet(method: str = "rk4", step_size: float = 0.25) -> nn.Sequential:
     """RK-Net: (B, 1, 28, 28) → (B, 10) logits; 208,266 parameters. The ODE block takes fixed
     steps of ``step_size`` on t ∈ [0, 1] and is differentiated by backpropagation."""
-    block = NeuralODE(
-        ODEVectorField(_WIDTH), method=method, options={"step_size": step_size}, gradient="backprop"
-    )
+    solver = SolverConfig(method=method, options={"step_size": step_size}, gradient="backprop")
+    block = NeuralODE(ODEVectorField(_WIDTH), solver=solver)
     return _convnet(block)
 
 

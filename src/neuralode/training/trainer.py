@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from ..nn import NeuralODE
+from ..nn import ODEModule
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import BatchSource
 from .device import batch_size, move_to_device
@@ -182,7 +182,7 @@ class Trainer:
         self.is_main = is_main
         self.position, self.totals = Position(), EpochTotals()
         self.history: list[dict[str, Any]] = []
-        self._ode_blocks = [m for m in model.modules() if isinstance(m, NeuralODE)]
+        self._ode_blocks = [m for m in model.modules() if isinstance(m, ODEModule)]
         self._at_boundary = True  # False while a step or an epoch end is changing the state
         self._last_save = time.monotonic()
 
@@ -401,7 +401,7 @@ class Trainer:
             tqdm.write(message)
 
 
-def solver_nfe(blocks: Sequence[NeuralODE]) -> tuple[int, int]:
+def solver_nfe(blocks: Sequence[ODEModule]) -> tuple[int, int]:
     """Forward and backward evaluations of the vector fields of ``blocks`` in their last solve,
     summed over the blocks."""
     return sum(b.nfe_forward for b in blocks), sum(b.nfe_backward for b in blocks)
