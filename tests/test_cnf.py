@@ -15,10 +15,9 @@ from neuralode.models.cnf import (
     CNF,
     ConcatSquashMLP,
     HyperNetField,
-    PlanarFlow,
-    PlanarLayer,
     standard_normal_log_prob,
 )
+from neuralode.models.flows import DiagonalGaussian, PlanarFlow, PlanarLayer
 from neuralode.models.trace import exact_trace, hutchinson_trace, sample_noise
 from neuralode.nn import SolverConfig
 
@@ -193,7 +192,9 @@ def test_vector_field_shapes_and_gates() -> None:
 
 
 def test_planar_log_det_matches_autograd_jacobian() -> None:
-    layer = PlanarLayer(3, init_scale=1.5).to(DTYPE)
+    layer = PlanarLayer(3).to(DTYPE)
+    nn.init.normal_(layer.u, std=1.5)
+    nn.init.normal_(layer.b, std=1.0)
     z = torch.randn(4, 3, dtype=DTYPE)
     _, log_det = layer(z)
     for row, value in zip(z, log_det, strict=True):
@@ -209,7 +210,9 @@ def test_planar_reparameterisation_keeps_layers_invertible() -> None:
     about −1, and softplus(wᵀu) can round to 0, making wᵀû = −1 exactly)."""
     for scale in (0.1, 1.0, 10.0):
         for _ in range(50):
-            layer = PlanarLayer(4, init_scale=scale).to(DTYPE)
+            layer = PlanarLayer(4).to(DTYPE)
+            nn.init.normal_(layer.u, std=scale)
+            nn.init.normal_(layer.w, std=scale)
             assert layer.w_dot_u_hat() >= -1
             torch.testing.assert_close(layer.w @ layer.u_hat(), layer.w_dot_u_hat())
 
@@ -234,3 +237,26 @@ def test_planar_flow_densities_integrate_to_one() -> None:
     mapped, log_det = flow(z)
     torch.testing.assert_close(mapped, x)
     torch.testing.assert_close(log_q, standard_normal_log_prob(z) - log_det)
+
+
+def test_diagonal_gaussian_matches_torch_distributions() -> None:
+    gaussian = DiagonalGaussian(3).to(DTYPE)
+    with torch.no_grad():
+        gaussian.mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        gaussian.log_std.copy_(torch.tensor([0.1, -0.7, 0.3]))
+    reference = torch.distributions.Normal(gaussian.mean.detach(), gaussian.log_std.detach().exp())
+    x = torch.randn(5, 3, dtype=DTYPE)
+    torch.testing.assert_close(gaussian.log_prob(x), reference.log_prob(x).sum(-1))
+    samples, log_q = gaussian.from_base(torch.randn(5, 3, dtype=DTYPE))
+    torch.testing.assert_close(log_q, reference.log_prob(samples).sum(-1))
+
+
+def test_planar_layers_start_near_the_identity() -> None:
+    """m(wᵀu) = 0 at initialisation, and a 64-layer stack moves points by little."""
+    torch.manual_seed(0)
+    flow = PlanarFlow(2, K=64)
+    for layer in flow.layers:
+        assert abs(layer.w_dot_u_hat().item()) < 1e-6
+    x = 2 * torch.randn(100, 2)
+    z, log_det = flow(x)
+    assert (z - x).norm(dim=-1).max() < 0.5 and log_det.abs().max() < 1e-5

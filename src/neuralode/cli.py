@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__
-from .experiments import mnist, mnist_report, spiral_demo
+from .experiments import cnf, cnf_report, mnist, mnist_report, spiral_demo
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,36 @@ COMMANDS: dict[str, Command] = {
         description=spiral_demo.__doc__ or "",
         add_arguments=spiral_demo.add_arguments,
         run=spiral_demo.run,
+    ),
+    "cnf": Command(
+        help="continuous normalizing flows vs planar flows: 2-D densities and 14x14 MNIST",
+        description=cnf.__doc__ or "",
+        subcommands={
+            "train": Command(
+                help="train one flow by maximum likelihood (--data) or density matching (--target)",
+                description="Train one flow; checkpoints and a JSONL log go to --out.",
+                add_arguments=cnf.add_train_arguments,
+                run=cnf.train,
+            ),
+            "eval": Command(
+                help="test NLL (nats), KL or bits/dim of a saved flow",
+                description="Score a saved flow on held-out data (the same for every model).",
+                add_arguments=cnf.add_eval_arguments,
+                run=cnf.evaluate,
+            ),
+            "sample": Command(
+                help="draw samples from a saved flow and plot them",
+                description="Draw samples from a saved flow; writes a PNG.",
+                add_arguments=cnf.add_sample_arguments,
+                run=cnf.sample,
+            ),
+            "report": Command(
+                help="results/cnf.md, cnf.json and the figures from finished runs",
+                description=cnf_report.__doc__ or "",
+                add_arguments=cnf_report.add_arguments,
+                run=cnf_report.run,
+            ),
+        },
     ),
     "mnist": Command(
         help="the paper's MNIST classifiers (Table 1): train or evaluate one model",

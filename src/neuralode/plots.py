@@ -21,13 +21,15 @@ COMPONENT_COLORS = ("tab:blue", "tab:orange")
 DPI = 120
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure of width × height inches, drawn by Agg (no display)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG, parent folders created); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
@@ -56,7 +58,7 @@ def plot_trajectories(
     Returns:
         ``path``.
     """
-    fig = _new_figure(12.0, 5.6)
+    fig = new_figure(12.0, 5.6)
     phase, series = fig.subplots(1, 2, width_ratios=(1.0, 1.6))
 
     phase.plot(true_y[:, 0], true_y[:, 1], label="true", **TRUE_STYLE)
@@ -87,7 +89,7 @@ def plot_trajectories(
     series.legend(loc="upper right", ncols=2, fontsize="small")
 
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_vector_fields(
@@ -115,7 +117,7 @@ def plot_vector_fields(
     Returns:
         ``path``.
     """
-    fig = _new_figure(16.0, 5.2)
+    fig = new_figure(16.0, 5.2)
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
     speeds = [np.linalg.norm(field, axis=-1) for field in (true_field, learned_field)]
     top_speed = max(float(s.max()) for s in speeds)
@@ -170,7 +172,7 @@ def plot_vector_fields(
         ax.legend(loc="upper left", fontsize="small")
 
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curve(
@@ -193,7 +195,7 @@ def plot_training_curve(
     Returns:
         ``path``.
     """
-    fig = _new_figure(8.0, 4.5)
+    fig = new_figure(8.0, 4.5)
     ax = fig.subplots()
     iterations = np.arange(1, len(train_loss) + 1)
     ax.plot(
@@ -223,7 +225,7 @@ def plot_training_curve(
     ax.set(title=title, xlabel="training iteration", ylabel="mean |predicted − true|", yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_adaptive_computation(
@@ -245,7 +247,7 @@ def plot_adaptive_computation(
         step_nfe: (forward, backward) NFE of logged training steps, shape (S, 2).
         path: PNG file to write.
     """
-    fig = _new_figure(11, 8.5)
+    fig = new_figure(11, 8.5)
     (a, b), (c, d) = fig.subplots(2, 2)
     a.semilogx(tolerances, nfe, marker="o")
     a.set(
@@ -282,4 +284,4 @@ def plot_adaptive_computation(
     for axis in (a, b, c, d):
         axis.grid(True, which="both", alpha=0.3)
     fig.suptitle("ODE-Net on MNIST: adaptive computation")
-    return _save(fig, path)
+    return save_figure(fig, path)

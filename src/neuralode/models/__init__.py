@@ -1,6 +1,7 @@
 """Models of the paper's experiments."""
 
-from .cnf import CNF, ConcatSquashMLP, HyperNetField, PlanarFlow, Regularization
+from .cnf import CNF, ConcatSquashMLP, HyperNetField, Regularization
+from .flows import DiagonalGaussian, PlanarFlow
 from .mnist import (
     MNIST_PARAMETER_COUNTS,
     ODEVectorField,
@@ -14,6 +15,7 @@ __all__ = [
     "CNF",
     "MNIST_PARAMETER_COUNTS",
     "ConcatSquashMLP",
+    "DiagonalGaussian",
     "HyperNetField",
     "ODEVectorField",
     "PlanarFlow",

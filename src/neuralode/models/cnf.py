@@ -1,5 +1,4 @@
-"""Continuous normalizing flows (Chen et al. 2018, section 4; FFJORD, Grathwohl et al. 2019) and
-the discrete planar flow they are compared with (Rezende & Mohamed 2015).
+"""Continuous normalizing flows (Chen et al. 2018, section 4; FFJORD, Grathwohl et al. 2019).
 
 Sign convention (FFJORD's). Along a trajectory of dz/dt = f(t, z) the density obeys the
 instantaneous change of variables d log p_t(z(t))/dt = −tr(∂f/∂z). A CNF solves the augmented
@@ -33,6 +32,11 @@ TRACES = ("exact", "hutchinson")
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) per sample: (batch, d) → (batch,)."""
     return -0.5 * (z.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+
+
+def standard_normal_samples(n: int, d: int, like: torch.Tensor) -> torch.Tensor:
+    """n draws (n, d) from N(0, I), with the dtype and device of ``like``."""
+    return torch.randn(n, d, dtype=like.dtype, device=like.device)
 
 
 class Regularization(NamedTuple):
@@ -145,12 +149,15 @@ class CNF(ODEModule):
         return z_end, logp_end
 
     def log_prob(
-        self, x: torch.Tensor, return_regularization: bool = False
+        self, x: torch.Tensor, return_regularization: bool = False, t: float = 0.0
     ) -> torch.Tensor | tuple[torch.Tensor, Regularization]:
         """log p(x) = log N(z(t1); 0, I) − Δ: x (batch, d) → (batch,), and the
-        :class:`Regularization` of this solve if ``return_regularization``."""
+        :class:`Regularization` of this solve if ``return_regularization``.
+
+        With ``t`` in (0, t1), the log-density of the flow's marginal at time t instead (x at t
+        carried to t1): how the density morphs from the data's to the base's."""
         z, delta, *regularizers = self._augmented_solve(
-            x, x.new_zeros(x.shape[0]), reverse=False, regularize=return_regularization
+            x, x.new_zeros(x.shape[0]), reverse=False, regularize=return_regularization, start=t
         )
         log_prob = standard_normal_log_prob(z) - delta
         return (log_prob, Regularization(*regularizers)) if return_regularization else log_prob
@@ -174,11 +181,15 @@ class CNF(ODEModule):
         return self.solve(self.field, z, times.to(z))
 
     def _base_samples(self, n: int) -> torch.Tensor:
-        like = next(self.field.parameters())
-        return torch.randn(n, self.dim, dtype=like.dtype, device=like.device)
+        return standard_normal_samples(n, self.dim, like=next(self.field.parameters()))
 
     def _augmented_solve(
-        self, z: torch.Tensor, logp: torch.Tensor, reverse: bool, regularize: bool
+        self,
+        z: torch.Tensor,
+        logp: torch.Tensor,
+        reverse: bool,
+        regularize: bool,
+        start: float = 0.0,
     ) -> tuple[torch.Tensor, ...]:
         """(z, logp[, kinetic, jacobian]) at the end of the augmented solve, with fresh probes."""
         if torch.is_grad_enabled() and not z.requires_grad:
@@ -188,15 +199,15 @@ class CNF(ODEModule):
         noise = sample_noise(z, self.noise) if self.trace == "hutchinson" else None
         regularizers = (z.new_zeros(z.shape[0]),) * 2 if regularize else ()
         dynamics = CNFDynamics(self.field, noise, regularize)
-        return self._integrate(dynamics, (z, logp, *regularizers), reverse)
+        return self._integrate(dynamics, (z, logp, *regularizers), reverse, start)
 
-    def _integrate(self, func: nn.Module, state: State, reverse: bool) -> State:
-        """The state at the end of one solve of d(state)/dt = func over [0, t1] (from t1 to 0 if
-        ``reverse``); records the solve's statistics in ``stats``."""
+    def _integrate(self, func: nn.Module, state: State, reverse: bool, start: float = 0.0) -> State:
+        """The state at the end of one solve of d(state)/dt = func over [start, t1] (from t1 to
+        start if ``reverse``); records the solve's statistics in ``stats``."""
         like = state[0] if isinstance(state, tuple) else state
         end = self.t1.to(dtype=like.dtype, device=like.device)
-        start = torch.zeros_like(end)
-        times = torch.stack((end, start) if reverse else (start, end))
+        begin = torch.full_like(end, start)
+        times = torch.stack((end, begin) if reverse else (begin, end))
         solution = self.solve(func, state, times)
         return tuple(part[-1] for part in solution) if isinstance(state, tuple) else solution[-1]
 
@@ -264,76 +275,3 @@ class ConcatSquashMLP(nn.Module):
             if index < len(self.layers) - 1:
                 h = torch.tanh(h)
         return h
-
-
-class PlanarLayer(nn.Module):
-    """One planar layer f(z) = z + û tanh(wᵀz + b); z (batch, d).
-
-    û = u + (m(wᵀu) − wᵀu) w / ‖w‖² with m(a) = −1 + softplus(a), so wᵀû = m(wᵀu) > −1 (≥ −1
-    once softplus rounds to 0) and f is invertible. log|det ∂f/∂z| = log|1 + ûᵀ w tanh'(wᵀz + b)|,
-    with ûᵀw taken in closed form.
-    """
-
-    def __init__(self, d: int, init_scale: float = 0.1) -> None:
-        super().__init__()
-        self.u = nn.Parameter(init_scale * torch.randn(d))
-        self.w = nn.Parameter(init_scale * torch.randn(d))
-        self.b = nn.Parameter(torch.zeros(()))
-
-    def w_dot_u_hat(self) -> torch.Tensor:
-        """wᵀû = m(wᵀu) = softplus(wᵀu) − 1 ≥ −1, in closed form (0-d)."""
-        return nn.functional.softplus(self.w @ self.u) - 1
-
-    def u_hat(self) -> torch.Tensor:
-        """The reparameterised û (d,)."""
-        wu = self.w @ self.u
-        return self.u + (self.w_dot_u_hat() - wu) * self.w / self.w.square().sum()
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f(z) (batch, d) and log|det ∂f/∂z| (batch,)."""
-        h = torch.tanh(z @ self.w + self.b)
-        log_det = torch.log(torch.abs(1 + (1 - h.square()) * self.w_dot_u_hat()))
-        return z + h[:, None] * self.u_hat(), log_det
-
-
-class PlanarFlow(nn.Module):
-    """K stacked planar layers (Rezende & Mohamed 2015), f = f_K ∘ … ∘ f_1 on R^d.
-
-    Planar layers have no closed-form inverse, so the stack is used in one direction per task:
-
-    - density matching, KL(q‖p): base → data, :meth:`sample_with_log_prob` gives x = f(z),
-      z ~ N(0, I), with log q(x) = log N(z) − Σ_k log|det ∂f_k|;
-    - maximum likelihood: data → base (the normalising direction), :meth:`log_prob` gives
-      log p(x) = log N(f(x)) + Σ_k log|det ∂f_k|.
-
-    The two describe different densities for the same parameters: train a model for one use.
-    """
-
-    def __init__(self, d: int, K: int) -> None:
-        super().__init__()
-        self.d = d
-        self.layers = nn.ModuleList(PlanarLayer(d) for _ in range(K))
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f(z) (batch, d) and Σ_k log|det ∂f_k| (batch,)."""
-        log_det = z.new_zeros(z.shape[0])
-        for layer in self.layers:
-            z, layer_log_det = layer(z)
-            log_det = log_det + layer_log_det
-        return z, log_det
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) with the stack as the normalising map x ↦ z: (batch, d) → (batch,)."""
-        z, log_det = self(x)
-        return standard_normal_log_prob(z) + log_det
-
-    def sample_with_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples x = f(z), z ~ N(0, I): (n, d), and log q(x) (n,)."""
-        like = self.layers[0].u
-        return self.from_base(torch.randn(n, self.d, dtype=like.dtype, device=like.device))
-
-    def from_base(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base points z (batch, d) carried forwards, x = f(z) (batch, d), with log q(x)
-        (batch,)."""
-        x, log_det = self(z)
-        return x, standard_normal_log_prob(z) - log_det

@@ -1,7 +1,7 @@
 """Training: one loop for every experiment, with checkpoints that resume a run exactly."""
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .data import BatchSource, TensorBatches, epoch_generator
+from .data import BatchSource, SampledBatches, TensorBatches, epoch_generator
 from .device import batch_size, move_to_device, resolve_device
 from .seeding import seed_everything
 from .trainer import EvalFn, FitResult, LossFn, Trainer, format_epoch, solver_nfe
@@ -11,6 +11,7 @@ __all__ = [
     "EvalFn",
     "FitResult",
     "LossFn",
+    "SampledBatches",
     "TensorBatches",
     "Trainer",
     "batch_size",

@@ -8,7 +8,7 @@ for ``start > 0``, gets exactly the batches an uninterrupted run would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,3 +65,30 @@ class TensorBatches:
         for i in range(start, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield tuple(t[index] for t in self.tensors)
+
+
+class SampledBatches:
+    """``steps_per_epoch`` fresh batches per epoch from ``sampler(n, rng) -> (n, ...) array``.
+
+    Batch i of epoch e draws from ``numpy.random.default_rng([seed, e, i])``: any batch can be
+    made again on its own, so a resumed run sees the batches of an uninterrupted one. Each batch
+    is a 1-tuple holding a float32 tensor.
+    """
+
+    def __init__(
+        self,
+        sampler: Callable[[int, np.random.Generator], np.ndarray],
+        batch_size: int,
+        steps_per_epoch: int,
+        seed: int = 0,
+    ) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor]]:
+        for i in range(start, self.steps_per_epoch):
+            rng = np.random.default_rng([self.seed, epoch, i])
+            yield (torch.as_tensor(self.sampler(self.batch_size, rng), dtype=torch.float32),)

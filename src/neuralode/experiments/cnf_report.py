@@ -1,0 +1,292 @@
+"""The flow report: ``neuralode cnf report`` turns finished runs into results/cnf.md, cnf.json and
+figures.
+
+For every run folder with a ``model.pt`` it scores the model on held-out data (the same data for
+every model: 10,000 toy samples, 10,000 draws for density matching, the MNIST test set), reads
+the training time and NFE from ``log.jsonl``, and copies the model (a small file) and the log to
+``OUT/cnf/<run>.pt`` and ``<run>.log.jsonl``, so that ``neuralode cnf eval --checkpoint
+results/cnf/<run>.pt`` reproduces a row. Figures: target against learned densities and samples
+(results/cnf_toy.png, cnf_matching.png), and samples and density flowing from the base Gaussian
+to the data over t (cnf_flow.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.toy2d import TARGETS
+from ..models import CNF, count_parameters
+from ..models.cnf import standard_normal_log_prob
+from ..training import resolve_device
+from .cnf import MatchingTask, draw_samples, load_flow, make_task, target_log_normalizer
+from .cnf_figures import density_grid, plot_image_grid, plot_panels
+from .mnist_report import read_log
+
+MODEL_NAMES = {
+    "cnf": "CNF",
+    "cnf-hyper": "CNF (hypernet)",
+    "planar": "planar NF",
+    "gaussian": "diag. Gaussian",
+}
+FLOW_RUNS = ("circles-cnf", "moons-cnf")
+FLOW_TIMES = 6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/cnf"), help="folder of run folders (runs/cnf)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results"), help="where cnf.md goes")
+    parser.add_argument("--samples", type=int, default=10000, help="held-out samples per score")
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (mnist14 runs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def score_run(
+    folder: Path, samples: int, device: torch.device, data_dir: Path | None
+) -> dict[str, Any]:
+    """One table row: the run's held-out score, size, training time and NFE."""
+    model, config = load_flow(folder / "model.pt", device)
+    if data_dir is not None:
+        config["data_dir"] = str(data_dir)
+    metrics = make_task(config).evaluate(model, samples, device)
+    epochs, _ = read_log(folder / "log.jsonl")
+    return {
+        "run": folder.name,
+        "task": "matching" if config.get("target") else "likelihood",
+        "data": config.get("target") or config["data"],
+        "model": config["model"],
+        "regularized": bool(config.get("kinetic") or config.get("jacobian")),
+        "kinetic": config.get("kinetic", 0.0),
+        "jacobian": config.get("jacobian", 0.0),
+        "parameters": count_parameters(model),
+        "iterations": epochs[-1]["step"],
+        "batch_size": config["batch_size"],
+        "tol": config["tol"] if isinstance(model, CNF) else None,
+        "train_minutes": sum(e["seconds"] for e in epochs) / 60,
+        "train_nfe": epochs[-1]["nfe_forward"],
+        "t1": float(model.t1) if isinstance(model, CNF) else None,
+        **metrics,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score every finished run, copy models and logs, write the tables and the figures."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
+    rows = []
+    for folder in folders:
+        rows.append(score_run(folder, args.samples, device, args.data_dir))
+        print(json.dumps(rows[-1]))
+        saved = args.out / "cnf"
+        saved.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
+        shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
+    (args.out / "cnf.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.out / "cnf.md").write_text(format_report(rows, args.samples))
+    runs = {folder.name: folder / "model.pt" for folder in folders}
+    write_figures(runs, args.out, device)
+    print(f"wrote {args.out / 'cnf.md'}")
+    return 0
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    rows = [header, ["---"] * len(header), *lines]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in rows) + "\n"
+
+
+def format_report(rows: list[dict[str, Any]], samples: int) -> str:
+    """results/cnf.md from the rows of :func:`score_run`."""
+    plain = [r for r in rows if not r["regularized"]]
+    parts = ["# Continuous normalizing flows against planar flows\n"]
+    toy = [r for r in plain if r["task"] == "likelihood" and r["data"] != "mnist14"]
+    if toy:
+        parts += [
+            "\n## Maximum likelihood on 2-D toy densities\n\n",
+            f"Test NLL in nats (lower is better) on {samples:,} held-out samples per dataset, "
+            "the same samples for every model.\n\n",
+            _comparison(toy, "test_nll"),
+        ]
+    matching = [r for r in plain if r["task"] == "matching"]
+    if matching:
+        parts += [
+            "\n## Density matching: KL(q‖p) to an unnormalised target\n\n",
+            f"KL(q‖p) in nats (lower is better), estimated from {samples:,} draws of each model "
+            "(log Z of the target by quadrature on [−8, 8]²).\n\n",
+            _comparison(matching, "test_kl"),
+        ]
+    images = [r for r in rows if r["data"] == "mnist14"]
+    if images:
+        parts += [
+            "\n## 14×14 MNIST (196 dimensions)\n\n",
+            _table(
+                ["model", "test bits/dim", "parameters", "iterations", "train min", "test NFE"],
+                [
+                    [
+                        MODEL_NAMES[r["model"]],
+                        f"{r['test_bpd']:.3f}",
+                        f"{r['parameters']:,}",
+                        f"{r['iterations']:,}",
+                        f"{r['train_minutes']:.1f}",
+                        f"{r['test_nfe']:.0f}",
+                    ]
+                    for r in images
+                ],
+            ),
+        ]
+    regularized = [r for r in rows if r["regularized"]]
+    if regularized:
+        parts += ["\n## Regularised dynamics (Finlay et al. 2020)\n\n", _regularization(rows)]
+    return "".join(parts)
+
+
+def _comparison(rows: list[dict[str, Any]], score: str) -> str:
+    """One line per dataset: each model's score, parameters, minutes and NFE."""
+    models = [m for m in MODEL_NAMES if any(r["model"] == m for r in rows)]
+    header = ["data", *(MODEL_NAMES[m] for m in models)]
+    header += [f"{MODEL_NAMES[m]} params" for m in models]
+    header += [f"{MODEL_NAMES[m]} train min" for m in models]
+    header += ["CNF test NFE", "best"]
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        by_model = {r["model"]: r for r in rows if r["data"] == data}
+        best = min(by_model.values(), key=lambda r: r[score])
+        cnf = by_model.get("cnf")
+        lines.append(
+            [
+                data,
+                *(f"{by_model[m][score]:.3f}" if m in by_model else "—" for m in models),
+                *(f"{by_model[m]['parameters']:,}" if m in by_model else "—" for m in models),
+                *(f"{by_model[m]['train_minutes']:.1f}" if m in by_model else "—" for m in models),
+                f"{cnf['test_nfe']:.0f}" if cnf else "—",
+                MODEL_NAMES[best["model"]],
+            ]
+        )
+    return _table(header, lines)
+
+
+def _regularization(rows: list[dict[str, Any]]) -> str:
+    """Each regularised run beside the plain run of the same data and model."""
+    lines = []
+    for r in (r for r in rows if r["regularized"]):
+        plain = [
+            p for p in rows if not p["regularized"] and p["run"] == f"{r['data']}-{r['model']}"
+        ]
+        for run in (*plain, r):
+            lines.append(
+                [
+                    run["run"],
+                    f"{run['kinetic']:g} / {run['jacobian']:g}",
+                    f"{run['test_nll']:.3f}",
+                    f"{run['train_nfe']:.0f}",
+                    f"{run['test_nfe']:.0f}",
+                    f"{run['train_minutes']:.1f}",
+                ]
+            )
+    header = ["run", "kinetic / Jacobian weight", "test NLL", "train NFE (last epoch)"]
+    return _table([*header, "test NFE", "train min"], lines)
+
+
+def _grid_log_prob(model: nn.Module, t: float = 0.0) -> np.ndarray:
+    """log-density on :func:`density_grid` (points,), at time t for a CNF."""
+    grid, _ = density_grid()
+    like = next(model.parameters())
+    values = []
+    with torch.no_grad():
+        for chunk in grid.split(2000):
+            chunk = chunk.to(like)
+            if isinstance(model, CNF) and t >= float(model.t1):
+                values.append(standard_normal_log_prob(chunk))  # the base density itself
+            elif isinstance(model, CNF):
+                values.append(model.log_prob(chunk, t=t))
+            else:
+                values.append(model.log_prob(chunk))
+    return torch.cat(values).cpu().numpy()
+
+
+def _density(log_prob: np.ndarray) -> np.ndarray:
+    return np.exp(log_prob - log_prob.max())
+
+
+def write_figures(runs: dict[str, Path], out: Path, device: torch.device) -> None:
+    """The toy, matching, flow and image-sample figures for the runs that exist."""
+    loaded = {name: load_flow(path, device) for name, path in runs.items()}
+    toy_rows, matching_rows = [], []
+    for model, config in loaded.values():
+        if config.get("kinetic") or config.get("jacobian") or config["model"] != "cnf":
+            continue
+        data = config.get("target") or config["data"]
+        planar = loaded.get(f"{data}-planar")
+        if config.get("target"):
+            matching_rows.append(_matching_row(data, model, config, planar))
+        elif data != "mnist14":
+            toy_rows.append(_toy_row(data, model, config, planar))
+        else:
+            images = draw_samples(model, config, 100).cpu().reshape(-1, 14, 14)
+            plot_image_grid(images, out / "cnf_mnist14_samples.png", "CNF samples, 14×14 MNIST")
+    if toy_rows:
+        title = "Maximum likelihood: data, CNF density and samples, planar-flow density"
+        plot_panels(toy_rows, out / "cnf_toy.png", title)
+    if matching_rows:
+        title = "Density matching: target, CNF density and samples, planar-flow samples"
+        plot_panels(matching_rows, out / "cnf_matching.png", title)
+    flows = [loaded[name] for name in FLOW_RUNS if name in loaded]
+    if flows:
+        rows = [row for model, config in flows for row in _flow_rows(model, config)]
+        title = "From data (t = 0) to the base Gaussian (t = t1): density and samples over t"
+        plot_panels(rows, out / "cnf_flow.png", title)
+
+
+def _toy_row(data: str, model: nn.Module, config: dict, planar: Any) -> list:
+    test = make_task(config).test_set(20000).numpy()
+    row = [
+        ("samples", f"{data}: data", test),
+        ("density", "CNF density", _density(_grid_log_prob(model))),
+        ("samples", "CNF samples", draw_samples(model, config, 20000).cpu().numpy()),
+    ]
+    if planar is not None:
+        row.append(("density", "planar density", _density(_grid_log_prob(planar[0]))))
+    return row
+
+
+def _matching_row(target: str, model: nn.Module, config: dict, planar: Any) -> list:
+    grid, _ = density_grid()
+    target_log_prob = TARGETS[target](grid.double()) - target_log_normalizer(target)
+    row = [
+        ("density", f"{target}: target", _density(target_log_prob.numpy())),
+        ("density", "CNF density q", _density(_grid_log_prob(model))),
+        ("samples", "CNF samples", draw_samples(model, config, 20000).cpu().numpy()),
+    ]
+    if planar is not None:
+        samples = draw_samples(planar[0], planar[1], 20000).cpu().numpy()
+        row.append(("samples", "planar samples", samples))
+    return row
+
+
+def _flow_rows(model: CNF, config: dict) -> list[list]:
+    """Two rows: the marginal density and the samples at FLOW_TIMES times from 0 to t1."""
+    t1 = float(model.t1)
+    times = torch.linspace(0.0, t1, FLOW_TIMES)
+    task = make_task(config)
+    like = next(model.parameters())
+    with torch.no_grad():
+        z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0)).to(like)
+        path = model.trajectory(z, times.flip(0)).flip(0).cpu().numpy()
+    name = config["data"] if not isinstance(task, MatchingTask) else config["target"]
+    densities, samples = [], []
+    for index, t in enumerate(times.tolist()):
+        density = _density(_grid_log_prob(model, t=t))
+        densities.append(("density", f"{name} density, t = {t:.2f}", density))
+        samples.append(("samples", f"{name} samples, t = {t:.2f}", path[index]))
+    return [densities, samples]
