@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from neuralode.data.dequantize import bits_per_dim, dequantize_logit, downscale
-from neuralode.data.toy2d import TARGETS, TOY_DATASETS, sample_toy
+from neuralode.data.toy2d import TARGETS, TOY_DATASETS, reference_log_prob, sample_toy
 from neuralode.experiments.cnf import target_log_normalizer
 from neuralode.training import SampledBatches
 
@@ -84,3 +84,20 @@ def test_sampled_batches_can_be_made_again_one_by_one() -> None:
     assert all(b.shape == (5, 2) and b.dtype == torch.float32 for b in epoch)
     torch.testing.assert_close(tail, epoch[2:])
     assert not torch.equal(epoch[0], next(source.batches(0))[0])
+
+
+@pytest.mark.parametrize("name", ["8gaussians", "moons", "circles", "rings", "checkerboard"])
+def test_reference_densities_are_normalised_and_fit_their_samples(name: str) -> None:
+    """Each reference density integrates to 1 on a grid, and on its own samples scores better
+    than a Gaussian fitted to them (the best Gaussian cannot beat the true density on average)."""
+    axis = np.arange(-6, 6, 0.1) + 0.05  # cell centres; cells tile the checkerboard exactly
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    mass = np.exp(reference_log_prob(name, grid)).sum() * 0.1**2
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    x = sample_toy(name, 3000, np.random.default_rng(4))
+    mean, cov = x.mean(0), np.cov(x.T)
+    centred = x - mean
+    gaussian = -0.5 * (np.einsum("ni,ij,nj->n", centred, np.linalg.inv(cov), centred))
+    gaussian -= 0.5 * np.log(np.linalg.det(2 * np.pi * cov))
+    assert reference_log_prob(name, x).mean() > gaussian.mean() + 0.2
+    assert reference_log_prob("pinwheel", x) is None

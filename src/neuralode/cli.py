@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__
-from .experiments import cnf, cnf_report, mnist, mnist_report, spiral_demo
+from .experiments import (
+    cnf,
+    cnf_report,
+    latent,
+    latent_report,
+    mnist,
+    mnist_report,
+    spiral_demo,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,30 @@ COMMANDS: dict[str, Command] = {
                 description=cnf_report.__doc__ or "",
                 add_arguments=cnf_report.add_arguments,
                 run=cnf_report.run,
+            ),
+        },
+    ),
+    "latent": Command(
+        help="latent ODE against an RNN on irregularly sampled spirals (Table 2)",
+        description=latent.__doc__ or "",
+        subcommands={
+            "train": Command(
+                help="train one model at one number of observations",
+                description="Train one Table 2 model; checkpoints and a JSONL log go to --out.",
+                add_arguments=latent.add_train_arguments,
+                run=latent.train,
+            ),
+            "eval": Command(
+                help="RMSE of a saved model on held-out spirals",
+                description="Score a saved model on the held-out spirals.",
+                add_arguments=latent.add_eval_arguments,
+                run=latent.evaluate,
+            ),
+            "report": Command(
+                help="results/latent_ode.md, latent_ode.json and the figures from finished runs",
+                description=latent_report.__doc__ or "",
+                add_arguments=latent_report.add_arguments,
+                run=latent_report.run,
             ),
         },
     ),

@@ -210,12 +210,28 @@ class LikelihoodTask:
 
 
 class ImageTask(LikelihoodTask):
-    """Maximum likelihood on dequantised, logit-transformed 14×14 MNIST digits (196-d)."""
+    """Maximum likelihood on 14×14 MNIST digits (196-d): dequantised, logit-transformed, then
+    standardised per pixel, s' = (s − μ)/σ with the training set's μ and σ (log-det −Σ log σ),
+    so that every model starts from the right location and scale.
 
-    def __init__(self, data_dir: Path | None) -> None:
+    Args:
+        data_dir: the MNIST folder (None: the default one).
+        statistics: (μ, σ) as lists of 196 floats, as saved in a run's config; computed from the
+            training images (dequantisation noise seeded) when None.
+    """
+
+    def __init__(
+        self, data_dir: Path | None, statistics: tuple[list[float], list[float]] | None = None
+    ) -> None:
         super().__init__("mnist14", dim=196)
         self.data_dir = data_dir
         self._pixels: dict[str, torch.Tensor] = {}
+        if statistics is None:
+            generator = torch.Generator().manual_seed(0)
+            s, _ = dequantize_logit(self.pixels("train"), LOGIT_ALPHA, generator)
+            statistics = (s.mean(0).tolist(), s.std(0).tolist())
+        self.statistics = statistics
+        self.mean, self.std = (torch.tensor(v) for v in statistics)
 
     def pixels(self, split: str) -> torch.Tensor:
         """The split's images as (n, 196) pixel values in {0, …, 255}, float32."""
@@ -233,7 +249,13 @@ class ImageTask(LikelihoodTask):
     def log_prob(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """log p(y) of the dequantised image y = (x + u)/256 ∈ [0, 1)^196 (nats)."""
         s, log_det = dequantize_logit(x, LOGIT_ALPHA)
-        return model.log_prob(s) + log_det
+        mean, std = self.mean.to(s), self.std.to(s)
+        return model.log_prob((s - mean) / std) + log_det - std.log().sum()
+
+    def to_intensities(self, samples: torch.Tensor) -> torch.Tensor:
+        """Model samples (n, 196) back to pixel intensities in [0, 1]."""
+        s = self.mean.to(samples) + self.std.to(samples) * samples
+        return ((torch.sigmoid(s) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)).clamp(0, 1)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor]):
         loss, metrics = super().loss(model, batch)
@@ -315,7 +337,8 @@ def make_task(config: Mapping[str, Any]) -> Task:
         return MatchingTask(config["target"])
     if config["data"] in IMAGE_DATASETS:
         data_dir = config.get("data_dir")
-        return ImageTask(Path(data_dir) if data_dir else None)
+        statistics = config.get("image_statistics")
+        return ImageTask(Path(data_dir) if data_dir else None, statistics)
     return LikelihoodTask(config["data"], config.get("kinetic", 0.0), config.get("jacobian", 0.0))
 
 
@@ -339,6 +362,8 @@ def train(args: argparse.Namespace) -> int:
     }
     task = make_task(config)
     config["dim"] = task.dim
+    if isinstance(task, ImageTask):
+        config["image_statistics"] = task.statistics
     model = build_flow(config)
     config["parameters"] = count_parameters(model)
     out = args.out or Path("runs/cnf") / run_name(config)
@@ -410,15 +435,11 @@ def draw_samples(model: nn.Module, config: Mapping[str, Any], n: int) -> torch.T
             "a planar flow fitted by maximum likelihood maps data to noise and has no closed-form "
             "inverse: sample from a CNF, a Gaussian, or a density-matching (--target) model"
         )
+    like = next(model.parameters())
     with torch.no_grad():
-        samples = model.from_base(standard_normal_samples(n, config["dim"], like=_like(model)))[0]
-    if config.get("data") in IMAGE_DATASETS:
-        return ((torch.sigmoid(samples) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)).clamp(0, 1)
-    return samples
-
-
-def _like(model: nn.Module) -> torch.Tensor:
-    return next(model.parameters())
+        samples = model.from_base(standard_normal_samples(n, config["dim"], like=like))[0]
+    task = make_task(config)
+    return task.to_intensities(samples) if isinstance(task, ImageTask) else samples
 
 
 def sample(args: argparse.Namespace) -> int:

@@ -1,0 +1,100 @@
+"""The latent ODE experiment: spiral data, the ELBO's KL term, learning on a small problem,
+extrapolation, and the RNN baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralode.cli import main
+from neuralode.data.spirals import TIMES, WINDOW, make_spirals
+from neuralode.models.latent_ode import GapRNN, LatentODE, gaussian_kl
+from neuralode.nn import SolverConfig
+
+
+def test_spirals_shapes_masks_and_directions() -> None:
+    spirals = make_spirals(40, 30, noise_std=0.1, seed=0)
+    assert spirals.truth.shape == spirals.observed.shape == (40, TIMES, 2)
+    assert spirals.mask.shape == (40, TIMES) and spirals.times.shape == (TIMES,)
+    assert (spirals.mask.sum(1) == 30).all() and not spirals.mask[:, WINDOW:].any()
+    for row in spirals.mask:  # each spiral's observation times are its own, strictly increasing
+        observed_times = spirals.times[row]
+        assert (observed_times.diff() > 0).all()
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in spirals.mask}) == 40
+    noise = (spirals.observed - spirals.truth).std()
+    assert noise == pytest.approx(0.1, rel=0.05)
+    # Counter-clockwise spirals turn with positive angular velocity, clockwise ones negative.
+    x, y = spirals.truth[..., 0], spirals.truth[..., 1]
+    angular = (x[:, :-1] * y[:, 1:] - y[:, :-1] * x[:, 1:]).mean(1)
+    assert ((angular < 0) == spirals.clockwise).all()
+    assert 10 < int(spirals.clockwise.sum()) < 30
+    again = make_spirals(40, 30, noise_std=0.1, seed=0)
+    assert torch.equal(again.observed, spirals.observed) and torch.equal(again.mask, spirals.mask)
+    with pytest.raises(ValueError, match=r"n_observed must be in \[1, 100\], got 101"):
+        make_spirals(2, 101)
+
+
+def test_kl_term_is_the_gaussian_closed_form() -> None:
+    mean, logvar = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    expected = torch.distributions.kl_divergence(q, prior).sum(-1)
+    torch.testing.assert_close(gaussian_kl(mean, logvar), expected)
+
+
+def test_masked_points_do_not_matter() -> None:
+    """Changing unobserved values changes neither the encoding nor the ELBO's likelihood."""
+    torch.manual_seed(0)
+    model = LatentODE(solver=SolverConfig(rtol=1e-6, atol=1e-6)).double()
+    spirals = make_spirals(6, 20, seed=1)
+    values = spirals.observed[:, :WINDOW].double()
+    mask, times = spirals.mask[:, :WINDOW], spirals.times[:WINDOW].double()
+    scrambled = torch.where(mask[..., None], values, torch.randn_like(values) * 100)
+    for encoder in (model.encoder,):
+        torch.testing.assert_close(encoder(values, mask, times), encoder(scrambled, mask, times))
+    rnn = GapRNN().double()
+    torch.testing.assert_close(rnn.loss(values, mask, times), rnn.loss(scrambled, mask, times))
+
+
+def test_loss_falls_and_extrapolation_is_finite() -> None:
+    torch.manual_seed(0)
+    spirals = make_spirals(64, 30, seed=2)
+    values, mask = spirals.observed[:, :WINDOW], spirals.mask[:, :WINDOW]
+    model = LatentODE(solver=SolverConfig(rtol=1e-3, atol=1e-3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        elbo = model.elbo(values, mask, spirals.times[:WINDOW])
+        optimizer.zero_grad()
+        elbo.loss.backward()
+        optimizer.step()
+        losses.append(elbo.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    later = torch.linspace(0, 5, 7)  # far beyond the last observation at t < 1
+    with torch.no_grad():
+        predictions = model(values, mask, spirals.times[:WINDOW], predict_times=later)
+    assert predictions.shape == (64, 7, 2) and torch.isfinite(predictions).all()
+
+
+def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for model in ("latent_ode", "rnn"):
+        args = ["latent", "train", "--model", model, "--epochs", "2", "--train-size", "40"]
+        args += ["--test-size", "10", "--tol", "1e-3", "--out", str(tmp_path / f"obs30-{model}")]
+        assert main([*args, "--threads", "1"]) == 0
+        checkpoint = str(tmp_path / f"obs30-{model}" / "model.pt")
+        assert main(["latent", "eval", "--checkpoint", checkpoint, "--test-size", "10"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["run"] == f"obs30-{model}" and result["spirals"] == 10
+        assert result["rmse_interp"] > 0 and result["rmse_extrap"] > 0
+    out = tmp_path / "results"
+    args = ["latent", "report", "--runs", str(tmp_path), "--out", str(out), "--test-size", "10"]
+    assert main([*args, "--threads", "1"]) == 0
+    rows = json.loads((out / "latent_ode.json").read_text())
+    assert {row["model"] for row in rows} == {"latent_ode", "rnn"}
+    table = (out / "latent_ode.md").read_text()
+    assert "| Latent ODE (field 20) | 30 |" in table and "| 0.1642 |" in table  # paper
+    for figure in ("latent_ode_spirals.png", "latent_ode_latents.png"):
+        assert (out / figure).stat().st_size > 0
