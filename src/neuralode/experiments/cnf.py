@@ -44,9 +44,10 @@ from ..models import (
 )
 from ..models.cnf import standard_normal_samples
 from ..nn import SolverConfig
-from ..training import SampledBatches, Trainer, resolve_device, seed_everything
+from ..training import SampledBatches, Trainer
 from ..training.checkpoint import load_checkpoint
 from .cnf_figures import plot_image_grid, plot_samples_2d
+from .common import add_device_arguments, add_run_arguments, run_config, start_command
 
 MODELS = ("cnf", "cnf-hyper", "planar", "gaussian")
 IMAGE_DATASETS = ("mnist14",)
@@ -90,15 +91,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinetic", type=float, default=0.0, help="weight of ∫‖f‖² dt")
     parser.add_argument("--jacobian", type=float, default=0.0, help="weight of ∫‖∂f/∂z‖²_F dt")
     parser.add_argument("--eval-samples", type=int, default=2000, help="samples per evaluation")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default runs/cnf/DATA-MODEL)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's checkpoint"
-    )
-    parser.add_argument(
-        "--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints"
-    )
+    add_run_arguments(parser, "runs/cnf/DATA-MODEL", checkpoint_every=120.0)
     _add_solver_arguments(parser, default_tol=1e-5)
     _add_common(parser)
 
@@ -140,9 +133,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="MNIST folder (for --data mnist14)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
 
 
 def build_flow(config: Mapping[str, Any]) -> nn.Module:
@@ -349,17 +340,10 @@ def run_name(config: Mapping[str, Any]) -> str:
 
 def train(args: argparse.Namespace) -> int:
     """Train one flow; returns an exit status (0 when all steps ran)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
+    device = start_command(args)
     if args.iterations % args.eval_every:
         raise SystemExit("--iterations must be a multiple of --eval-every")
-    config = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in vars(args).items()
-        if key != "handler"
-    }
+    config = run_config(args)
     task = make_task(config)
     config["dim"] = task.dim
     if isinstance(task, ImageTask):
@@ -401,9 +385,7 @@ def load_flow(
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print the test score of a saved flow (JSON on the last line)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     model, config = load_flow(args.checkpoint, device, args.tol)
     if args.data_dir is not None:
         config["data_dir"] = str(args.data_dir)
@@ -444,9 +426,7 @@ def draw_samples(model: nn.Module, config: Mapping[str, Any], n: int) -> torch.T
 
 def sample(args: argparse.Namespace) -> int:
     """Draw samples from a saved flow and plot them."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     model, config = load_flow(args.checkpoint, device, args.tol)
     try:
         samples = draw_samples(model, config, args.samples).cpu()

@@ -25,7 +25,6 @@ from torch import nn
 from ..data.toy2d import TARGETS, reference_log_prob
 from ..models import CNF, count_parameters
 from ..models.cnf import standard_normal_log_prob
-from ..training import resolve_device
 from .cnf import (
     ImageTask,
     LikelihoodTask,
@@ -36,6 +35,7 @@ from .cnf import (
     target_log_normalizer,
 )
 from .cnf_figures import density_grid, plot_image_grid, plot_panels
+from .common import add_device_arguments, start_command
 from .mnist_report import read_log
 
 MODEL_NAMES = {
@@ -57,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="where cnf.md goes")
     parser.add_argument("--samples", type=int, default=10000, help="held-out samples per score")
     parser.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (mnist14 runs)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
 
 
 def score_run(
@@ -100,9 +99,7 @@ def score_run(
 
 def run(args: argparse.Namespace) -> int:
     """Score every finished run, copy models and logs, write the tables and the figures."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
     rows = []
     for folder in folders:
@@ -129,24 +126,27 @@ def format_report(rows: list[dict[str, Any]], samples: int) -> str:
     """results/cnf.md from the rows of :func:`score_run`."""
     plain = [r for r in rows if not r["regularized"]]
     parts = ["# Continuous normalizing flows against planar flows\n\n", _setup(rows)]
-    toy = [r for r in plain if r["task"] == "likelihood" and r["data"] != "mnist14"]
-    if toy:
-        parts += [
-            "\n## Maximum likelihood on 2-D toy densities\n\n",
+    comparisons = [
+        (
+            "Maximum likelihood on 2-D toy densities",
             f"Test NLL in nats (lower is better) on {samples:,} held-out samples per dataset, "
             "the same samples for every model. *True density*: the NLL of the generator's own "
             "density on those samples (closed form or quadrature along its curves, where one "
-            "exists): the best any model can do, up to sampling noise.\n\n",
-            _comparison(toy, "test_nll"),
-        ]
-    matching = [r for r in plain if r["task"] == "matching"]
-    if matching:
-        parts += [
-            "\n## Density matching: KL(q‖p) to an unnormalised target\n\n",
+            "exists): the best any model can do, up to sampling noise.",
+            [r for r in plain if r["task"] == "likelihood" and r["data"] != "mnist14"],
+            "test_nll",
+        ),
+        (
+            "Density matching: KL(q‖p) to an unnormalised target",
             f"KL(q‖p) in nats (lower is better), estimated from {samples:,} draws of each model "
-            "(log Z of the target by quadrature on [−8, 8]²).\n\n",
-            _comparison(matching, "test_kl"),
-        ]
+            "(log Z of the target by quadrature on [−8, 8]²).",
+            [r for r in plain if r["task"] == "matching"],
+            "test_kl",
+        ),
+    ]
+    for title, intro, section, score in comparisons:
+        if section:
+            parts += [f"\n## {title}\n\n", intro, "\n\n", _comparison(section, score)]
     images = [r for r in rows if r["data"] == "mnist14"]
     if images:
         parts += [

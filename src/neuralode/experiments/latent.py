@@ -28,8 +28,9 @@ from ..data.spirals import WINDOW, Spirals, make_spirals
 from ..models import count_parameters
 from ..models.latent_ode import GapRNN, LatentODE
 from ..nn import SolverConfig
-from ..training import TensorBatches, Trainer, resolve_device, seed_everything
+from ..training import TensorBatches, Trainer
 from ..training.checkpoint import load_checkpoint
+from .common import add_device_arguments, add_run_arguments, run_config, start_command
 
 MODELS = ("latent_ode", "ode_rnn", "rnn")
 OBSERVATIONS = (30, 50, 100)
@@ -56,15 +57,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tol", type=float, default=1e-5, help="latent solve rtol = atol (default 1e-5)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default runs/latent/obsN-MODEL)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's checkpoint"
-    )
-    parser.add_argument(
-        "--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints"
-    )
+    add_run_arguments(parser, "runs/latent/obsN-MODEL", checkpoint_every=120.0)
     _add_common(parser)
 
 
@@ -75,9 +68,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-size", type=int, default=100, help="held-out spirals")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
 
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
@@ -145,15 +136,8 @@ def make_loss(times: torch.Tensor):
 
 def train(args: argparse.Namespace) -> int:
     """Train one model; returns an exit status (0 when all epochs ran)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    config = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in vars(args).items()
-        if key != "handler"
-    }
+    device = start_command(args)
+    config = run_config(args)
     model = build_model(config)
     config["parameters"] = count_parameters(model)
     out = args.out or Path("runs/latent") / f"obs{args.obs}-{args.model}"
@@ -193,9 +177,7 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, A
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print the RMSEs of a saved model on the held-out spirals (JSON on the last line)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     model, config = load_model(args.checkpoint, device)
     test = held_out_spirals(config, args.test_size)
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from ..data.spirals import WINDOW
 from ..models import count_parameters
 from ..models.latent_ode import LatentODE
 from ..plots import new_figure, save_figure
-from ..training import resolve_device
+from .common import add_device_arguments, start_command
 from .latent import OBSERVATIONS, held_out_spirals, load_model, predict, rmse_scores
 from .mnist_report import read_log
 
@@ -45,15 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("results"), help="where latent_ode.md goes"
     )
     parser.add_argument("--test-size", type=int, default=100, help="held-out spirals")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Score every finished run, copy models and logs, write the table and the figures."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
     rows, models = [], {}
     saved = args.out / "latent"

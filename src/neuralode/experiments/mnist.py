@@ -18,8 +18,9 @@ from torch import nn
 from ..data import MNISTBatches, load_mnist
 from ..models import build_mnist_model, count_parameters
 from ..nn import ODEModule
-from ..training import Trainer, resolve_device, seed_everything
+from ..training import Trainer
 from ..training.checkpoint import load_checkpoint
+from .common import add_device_arguments, add_run_arguments, run_config, start_command
 
 MODELS = ("odenet", "resnet", "rknet", "mlp")
 
@@ -42,15 +43,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
     parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
     _add_common(parser)
-    parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default runs/mnist/MODEL)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's checkpoint"
-    )
-    parser.add_argument(
-        "--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints"
-    )
+    add_run_arguments(parser, "runs/mnist/MODEL", checkpoint_every=300.0)
     parser.add_argument(
         "--log-every", type=int, default=20, help="steps between per-step lines in log.jsonl"
     )
@@ -70,9 +63,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--data-dir", type=Path, default=None, help="folder with the MNIST IDX files (.gz or not)"
     )
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
 
 
 def model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
@@ -111,10 +102,7 @@ def test_error(
 
 def train(args: argparse.Namespace) -> int:
     """Train one Table 1 model; returns an exit status (0 when all epochs ran)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
+    device = start_command(args)
     out = args.out or Path("runs/mnist") / args.model
     train_images, train_labels = load_mnist(args.data_dir, "train", download=args.download)
     test_images, test_labels = load_mnist(args.data_dir, "test", download=args.download)
@@ -133,11 +121,7 @@ def train(args: argparse.Namespace) -> int:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(data)
     )
-    config = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in vars(args).items()
-        if key != "handler"
-    }
+    config = run_config(args)
     config["parameters"] = count_parameters(model)
     print(
         f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
@@ -164,9 +148,7 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print the test error of a saved model (JSON on the last line)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_command(args)
     saved = load_checkpoint(args.checkpoint, map_location=device)
     config = saved["config"]
     tol = args.tol if args.tol is not None else config.get("tol", 1e-3)

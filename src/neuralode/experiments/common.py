@@ -1,0 +1,54 @@
+"""What the experiment commands share: run-folder and device options, the start of a command,
+and the configuration a run saves."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..training import resolve_device, seed_everything
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, default_out: str, checkpoint_every: float
+) -> None:
+    """--out (default ``default_out``), --resume and --checkpoint-every (seconds)."""
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"run folder (default {default_out})"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=checkpoint_every,
+        help=f"seconds between checkpoints (default {checkpoint_every:g})",
+    )
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --seed and --threads."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def start_command(args: argparse.Namespace) -> torch.device:
+    """Apply --threads and --seed; return the --device to run on."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    return resolve_device(args.device)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as a picklable dict (paths as strings), saved with the run."""
+    return {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if key != "handler"
+    }
