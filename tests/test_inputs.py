@@ -186,3 +186,18 @@ def test_nan_during_fixed_step_solve_names_step() -> None:
 def test_nan_in_initial_derivative() -> None:
     with raises(NonFiniteStateError, "dy/dt is NaN or Inf at the initial time t=0"):
         odeint(lambda t, y: y * float("nan"), Y0, T)
+
+
+def test_step_size_that_divides_float32_times_takes_whole_steps() -> None:
+    """float32 times 0.01 apart differ from 0.01 by up to 5·10⁻⁶ of it: still one step."""
+    t = torch.arange(100, dtype=torch.float32) * 0.01
+    for i in range(99):
+        _, stats = odeint(
+            lambda s, y: -y,
+            Y0,
+            t[i : i + 2],
+            method="rk4",
+            options={"step_size": 0.01},
+            return_stats=True,
+        )
+        assert stats.n_accepted == 1

@@ -53,8 +53,10 @@ def test_masked_points_do_not_matter() -> None:
     values = spirals.observed[:, :WINDOW].double()
     mask, times = spirals.mask[:, :WINDOW], spirals.times[:WINDOW].double()
     scrambled = torch.where(mask[..., None], values, torch.randn_like(values) * 100)
-    for encoder in (model.encoder,):
+    ode_rnn = LatentODE(ode_rnn=True).double()
+    for encoder in (model.encoder, ode_rnn.encoder):
         torch.testing.assert_close(encoder(values, mask, times), encoder(scrambled, mask, times))
+    assert ode_rnn.encoder.stats.nfe == 4 * (WINDOW - 1)  # one rk4 step per grid interval
     rnn = GapRNN().double()
     torch.testing.assert_close(rnn.loss(values, mask, times), rnn.loss(scrambled, mask, times))
 

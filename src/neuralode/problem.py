@@ -174,7 +174,10 @@ def _grid(options: Mapping[str, Any], times: list[float], adaptive: bool) -> lis
     direction = 1.0 if t1 >= t0 else -1.0
     if "step_size" in options:
         h = float(options["step_size"])
-        n = max(1, math.ceil(abs(t1 - t0) / h - 1e-9))
+        # A span over a whole number of steps by less than 10⁻⁶·|t| is rounding (float32 times
+        # carry about 6·10⁻⁸·|t|), not a sliver of a step more.
+        rounding = 1e-6 * max(abs(t0), abs(t1), h)
+        n = max(1, math.ceil((abs(t1 - t0) - rounding) / h))
         return [t0 + direction * h * i for i in range(n)] + [t1]
     if "grid" in options:
         given = torch.as_tensor(options["grid"])

@@ -91,7 +91,7 @@ def score_run(
         "tol": config["tol"] if isinstance(model, CNF) else None,
         "train_minutes": sum(e["seconds"] for e in epochs) / 60,
         "train_nfe": epochs[-1]["nfe_forward"],
-        "t1": float(model.t1) if isinstance(model, CNF) else None,
+        "t1": model.t1.detach().item() if isinstance(model, CNF) else None,
         "reference_nll": reference,
         **metrics,
     }
@@ -262,7 +262,7 @@ def _grid_log_prob(model: nn.Module, t: float = 0.0) -> np.ndarray:
     with torch.no_grad():
         for chunk in grid.split(2000):
             chunk = chunk.to(like)
-            if isinstance(model, CNF) and t >= float(model.t1):
+            if isinstance(model, CNF) and t >= model.t1.detach().item():
                 values.append(standard_normal_log_prob(chunk))  # the base density itself
             elif isinstance(model, CNF):
                 values.append(model.log_prob(chunk, t=t))
@@ -332,7 +332,7 @@ def _matching_row(target: str, model: nn.Module, config: dict, planar: Any) -> l
 
 def _flow_rows(model: CNF, config: dict) -> list[list]:
     """Two rows: the marginal density and the samples at FLOW_TIMES times from 0 to t1."""
-    t1 = float(model.t1)
+    t1 = model.t1.detach().item()
     times = torch.linspace(0.0, t1, FLOW_TIMES)
     task = make_task(config)
     like = next(model.parameters())
