@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(header: list[str], lines: list[list[str]]) -> str:
-    rows = [header, ["---"] * len(header), *lines]
+    rows = [header, ["---"] + ["---:"] * (len(header) - 1), *lines]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in rows) + "\n"
 
 
@@ -196,28 +196,29 @@ def _setup(rows: list[dict[str, Any]]) -> str:
 
 
 def _comparison(rows: list[dict[str, Any]], score: str) -> str:
-    """One line per dataset: each model's score, parameters, minutes and NFE."""
+    """One line per dataset: the true density's score (where known), each model's score, which
+    is best, the main CNF's NFE and each model's training minutes."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
     models = [m for m in MODEL_NAMES if m in labels] + [m for m in labels if m not in MODEL_NAMES]
-    header = ["data", *(_name(m) for m in models)]
-    header += [f"{_name(m)} params" for m in models]
-    header += [f"{_name(m)} train min" for m in models]
+    parameters = {r["label"]: r["parameters"] for r in rows}
     references = any(r.get("reference_nll") is not None for r in rows)
-    header += ["CNF test NFE", "best", *(["true density"] if references else [])]
+    header = ["data", *(["true density"] if references else [])]
+    header += [f"{_name(m)} ({parameters[m]:,} params)" for m in models]
+    header += ["best", "CNF test NFE", "train min (" + " / ".join(_name(m) for m in models) + ")"]
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
         by_model = {r["label"]: r for r in rows if r["data"] == data}
         best = min(by_model.values(), key=lambda r: r[score])
         cnf = by_model.get("cnf")
+        minutes = (f"{by_model[m]['train_minutes']:.1f}" if m in by_model else "—" for m in models)
         lines.append(
             [
                 data,
-                *(f"{by_model[m][score]:.3f}" if m in by_model else "—" for m in models),
-                *(f"{by_model[m]['parameters']:,}" if m in by_model else "—" for m in models),
-                *(f"{by_model[m]['train_minutes']:.1f}" if m in by_model else "—" for m in models),
-                f"{cnf['test_nfe']:.0f}" if cnf else "—",
-                _name(best["label"]),
                 *([_reference(by_model)] if references else []),
+                *(f"{by_model[m][score]:.3f}" if m in by_model else "—" for m in models),
+                _name(best["label"]),
+                f"{cnf['test_nfe']:.0f}" if cnf else "—",
+                " / ".join(minutes),
             ]
         )
     return _table(header, lines)
@@ -300,7 +301,10 @@ def write_figures(runs: dict[str, Path], out: Path, device: torch.device) -> Non
     flows = [loaded[name] for name in FLOW_RUNS if name in loaded]
     if flows:
         rows = [row for model, config in flows for row in _flow_rows(model, config)]
-        title = "From data (t = 0) to the base Gaussian (t = t1): density and samples over t"
+        title = (
+            "From data (t = 0) to the base Gaussian (t = t1): the marginal density (each panel "
+            "scaled to its maximum) and samples over t"
+        )
         plot_panels(rows, out / "cnf_flow.png", title)
 
 
