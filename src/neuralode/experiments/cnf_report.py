@@ -39,13 +39,12 @@ from .common import add_device_arguments, start_command
 from .mnist_report import read_log
 
 MODEL_NAMES = {
-    "cnf": "CNF 64-64-64",
-    "cnf-16x16": "CNF 16-16",
+    "cnf": "CNF",
     "cnf-hyper": "CNF (hypernet)",
-    "planar": "planar NF, K = 64",
+    "planar": "planar NF",
     "gaussian": "diag. Gaussian",
 }
-"""Column names by run label: the run folder's name after ``DATA-`` (e.g. ``moons-cnf-16x16``)."""
+"""Names by model; a CNF's name adds its hidden widths, a planar flow's its layers."""
 FLOW_RUNS = ("circles-cnf", "moons-cnf")
 FLOW_TIMES = 6
 
@@ -86,6 +85,7 @@ def score_run(
         "jacobian": config.get("jacobian", 0.0),
         "parameters": count_parameters(model),
         "hidden": config["hidden"] if config["model"] == "cnf" else None,
+        "layers": config["layers"] if config["model"] == "planar" else None,
         "iterations": epochs[-1]["step"],
         "batch_size": config["batch_size"],
         "tol": config["tol"] if isinstance(model, CNF) else None,
@@ -148,18 +148,22 @@ def format_report(rows: list[dict[str, Any]], samples: int) -> str:
         if section:
             parts += [f"\n## {title}\n\n", intro, "\n\n", _comparison(section, score)]
     images = [r for r in rows if r["data"] == "mnist14"]
+    image_tols = sorted({f"{r['tol']:g}" for r in images if r["tol"] is not None})
     if images:
         parts += [
             "\n## 14×14 MNIST (196 dimensions)\n\n",
-            "MNIST averaged over 2×2 blocks and rounded to 8 bits, dequantised with uniform noise "
-            "and logit-transformed (α = 0.05); bits/dim of the 8-bit images on the full test "
-            "set, the logit's Jacobian included. The CNF's trace is Hutchinson's (Gaussian "
-            "probes), unbiased for log p; its hidden widths are given with its name.\n\n",
+            "MNIST averaged over 2×2 blocks and rounded to 8 bits, dequantised with uniform noise, "
+            "logit-transformed (α = 0.05) and standardised per pixel with the training set's "
+            "mean and std; bits/dim of the 8-bit images on the full test set, every Jacobian "
+            "included. Batches of 100 training images drawn with replacement; Adam, learning "
+            "rate 1e-3 (Gaussian: 1e-2). The CNF's trace is Hutchinson's (Gaussian probes, "
+            "unbiased for log p); dopri5 at rtol = atol = "
+            f"{' / '.join(image_tols)}.\n\n",
             _table(
                 ["model", "test bits/dim", "parameters", "iterations", "train min", "test NFE"],
                 [
                     [
-                        _name(r["label"]) + (f" ({r['hidden']})" if r["hidden"] else ""),
+                        _name(r),
                         f"{r['test_bpd']:.3f}",
                         f"{r['parameters']:,}",
                         f"{r['iterations']:,}",
@@ -177,34 +181,37 @@ def format_report(rows: list[dict[str, Any]], samples: int) -> str:
 
 
 def _setup(rows: list[dict[str, Any]]) -> str:
-    """How the runs were made, from their configs."""
-    iterations = sorted({r["iterations"] for r in rows})
-    batches = sorted({r["batch_size"] for r in rows})
-    tols = sorted({r["tol"] for r in rows if r["tol"] is not None})
+    """How the 2-D runs were made, from their configs."""
+    flat = [r for r in rows if r["data"] != "mnist14"]
+    iterations = sorted({r["iterations"] for r in flat})
+    batches = sorted({r["batch_size"] for r in flat})
+    tols = sorted({r["tol"] for r in flat if r["tol"] is not None})
     return (
         "Made by `neuralode cnf report` from the runs of `neuralode cnf train` (commands in the "
-        "README). Every model: Adam, learning rate 1e-3, weight decay 1e-5, "
+        "README). 2-D runs: Adam, learning rate 1e-3, weight decay 1e-5, "
         f"{' / '.join(f'{i:,}' for i in iterations)} iterations of batch "
-        f"{' / '.join(str(b) for b in batches)} (fresh samples each iteration, seeded). "
-        "CNF: FFJORD's concat-squash MLP field (64-64-64, tanh), exact trace in 2-D and "
-        "Hutchinson's estimator in 196-D, end time learnt from t1 = 0.5, dopri5 at rtol = atol = "
+        f"{' / '.join(str(b) for b in batches)} (fresh samples each iteration, seeded), the same "
+        "for every model. CNF: FFJORD's concat-squash MLP field (tanh; hidden widths in its "
+        "name), exact trace, end time learnt from t1 = 0.5, dopri5 at rtol = atol = "
         f"{' / '.join(f'{t:g}' for t in tols)}, gradients by backpropagation through the solver. "
-        "Planar NF: K = 64 layers (the paper's comparison: 64 hidden units against 64 layers), "
-        "initialised near the identity. Models are copied to `results/cnf/<run>.pt`; "
-        "`neuralode cnf eval --checkpoint results/cnf/<run>.pt` reproduces a row.\n"
+        "Planar NF: K stacked layers (K = 64 against 64 hidden units is the paper's comparison), "
+        "initialised near the identity. Training minutes are wall-clock on a 2-core machine "
+        "shared by up to five runs at once: compare them loosely. Models are copied to "
+        "`results/cnf/<run>.pt`; `neuralode cnf eval --checkpoint results/cnf/<run>.pt` "
+        "reproduces a row.\n"
     )
 
 
 def _comparison(rows: list[dict[str, Any]], score: str) -> str:
     """One line per dataset: the true density's score (where known), each model's score, which
     is best, the main CNF's NFE and each model's training minutes."""
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    models = [m for m in MODEL_NAMES if m in labels] + [m for m in labels if m not in MODEL_NAMES]
+    models = list(dict.fromkeys(r["label"] for r in rows))
+    names = {r["label"]: _name(r) for r in rows}
     parameters = {r["label"]: r["parameters"] for r in rows}
     references = any(r.get("reference_nll") is not None for r in rows)
     header = ["data", *(["true density"] if references else [])]
-    header += [f"{_name(m)} ({parameters[m]:,} params)" for m in models]
-    header += ["best", "CNF test NFE", "train min (" + " / ".join(_name(m) for m in models) + ")"]
+    header += [f"{names[m]} ({parameters[m]:,} params)" for m in models]
+    header += ["best", "CNF test NFE", "train min (" + " / ".join(names[m] for m in models) + ")"]
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
         by_model = {r["label"]: r for r in rows if r["data"] == data}
@@ -216,7 +223,7 @@ def _comparison(rows: list[dict[str, Any]], score: str) -> str:
                 data,
                 *([_reference(by_model)] if references else []),
                 *(f"{by_model[m][score]:.3f}" if m in by_model else "—" for m in models),
-                _name(best["label"]),
+                names[best["label"]],
                 f"{cnf['test_nfe']:.0f}" if cnf else "—",
                 " / ".join(minutes),
             ]
@@ -224,8 +231,14 @@ def _comparison(rows: list[dict[str, Any]], score: str) -> str:
     return _table(header, lines)
 
 
-def _name(label: str) -> str:
-    return MODEL_NAMES.get(label, label)
+def _name(row: dict[str, Any]) -> str:
+    """The model of a row: ``CNF 64-64-64``, ``planar NF, K = 64``, ``diag. Gaussian``."""
+    name = MODEL_NAMES[row["model"]]
+    if row.get("hidden"):
+        return f"{name} {row['hidden'].replace(',', '-')}"
+    if row.get("layers"):
+        return f"{name}, K = {row['layers']}"
+    return name
 
 
 def _reference(by_model: dict[str, dict[str, Any]]) -> str:

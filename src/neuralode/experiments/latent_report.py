@@ -175,7 +175,9 @@ def plot_reconstructions(
             ax.set_yticks([])
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.suptitle(
-        "Held-out spirals: predictions (solid: observed window t < 1; dashed: extrapolation)"
+        "Held-out spirals: the truth (grey), the observed points (black) and each model's "
+        "predictions\n(solid: observed window t < 1; dashed: extrapolation; the RNN starts at 0 "
+        "until its first observation)"
     )
     save_figure(fig, path)
 
@@ -191,7 +193,7 @@ def plot_latent_paths(
     )
     if not latent:
         return
-    obs, (model, config) = latent[-1]
+    obs, (model, config) = latent[0]  # the sparsest observations
     assert isinstance(model, LatentODE)
     test = held_out_spirals(config, test_size)
     window = slice(0, WINDOW)
