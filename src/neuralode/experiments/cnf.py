@@ -154,7 +154,7 @@ def build_flow(config: Mapping[str, Any]) -> nn.Module:
     return CNF(field, dim, t1=config["t1"], train_t1=True, trace=trace, solver=solver)
 
 
-def solver_nfe(model: nn.Module) -> int:
+def flow_nfe(model: nn.Module) -> int:
     """Field evaluations of a CNF's last solve (0 for discrete flows)."""
     return model.stats.nfe if isinstance(model, CNF) else 0
 
@@ -318,7 +318,7 @@ def _batched_scores(
     with torch.no_grad():
         for chunk in x.split(batch_size):
             results.append(score(chunk.to(device)).cpu())
-            nfe.append(solver_nfe(model))
+            nfe.append(flow_nfe(model))
     return torch.cat(results), sum(nfe) / len(nfe)
 
 
