@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from neuralode.cli import main
-from neuralode.experiments.cnf import load_flow
+from neuralode.experiments.cnf import ImageTask, load_flow
+from neuralode.models import CNF, ConcatSquashMLP
+from neuralode.nn import SolverConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -90,3 +92,20 @@ def test_trained_cnf_density_integrates_to_one() -> None:
         log_prob = torch.cat([model.log_prob(chunk) for chunk in grid.split(4000)])
     mass = float(log_prob.double().exp().sum() * 0.1**2)
     assert mass == pytest.approx(1.0, abs=0.02)
+
+
+def test_regularised_image_loss_keeps_the_image_likelihood() -> None:
+    """With the regularisers on, the reported NLL is still that of the dequantised image (the
+    preprocessing's log-determinant included), and the penalty comes on top."""
+    statistics = ([0.5] * 196, [2.0] * 196)
+    task = ImageTask(None, statistics)
+    model = CNF(ConcatSquashMLP(196, (8,)), 196, solver=SolverConfig(rtol=1e-3, atol=1e-3))
+    pixels = torch.randint(0, 256, (3, 196)).float()
+    torch.manual_seed(0)
+    _, plain_metrics = task.loss(model, (pixels,))
+    task.kinetic = 1.0
+    torch.manual_seed(0)
+    regularised, metrics = task.loss(model, (pixels,))
+    assert metrics["nll"] == pytest.approx(plain_metrics["nll"], rel=1e-5)
+    assert regularised.item() == pytest.approx(metrics["nll"] + metrics["penalty"], rel=1e-5)
+    assert metrics["penalty"] > 0

@@ -171,17 +171,24 @@ class LikelihoodTask:
     def sampler(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return sample_toy(self.data, n, rng)
 
+    def preprocess(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """The model's input for data x (batch, d) and the log-determinant (batch,) of the map
+        from x to it: the identity here."""
+        return x, 0.0
+
     def log_prob(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats: (batch, d) → (batch,)."""
-        return model.log_prob(x)
+        inputs, log_det = self.preprocess(x)
+        return model.log_prob(inputs) + log_det
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor]):
         """Negative log-likelihood (nats), plus the regularisers when weighted."""
         (x,) = batch
         if (self.kinetic or self.jacobian) and isinstance(model, CNF):
-            log_prob, reg = model.log_prob(x, return_regularization=True)
+            inputs, log_det = self.preprocess(x)
+            log_prob, reg = model.log_prob(inputs, return_regularization=True)
             penalty = self.kinetic * reg.kinetic.mean() + self.jacobian * reg.jacobian.mean()
-            nll = -log_prob.mean()
+            nll = -(log_prob + log_det).mean()
             return nll + penalty, {"nll": float(nll.detach()), "penalty": float(penalty.detach())}
         nll = -self.log_prob(model, x).mean()
         return nll, {"nll": float(nll.detach())}
@@ -237,11 +244,12 @@ class ImageTask(LikelihoodTask):
         pixels = self.pixels("train")
         return pixels[rng.integers(0, len(pixels), n)].numpy()
 
-    def log_prob(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """log p(y) of the dequantised image y = (x + u)/256 ∈ [0, 1)^196 (nats)."""
+    def preprocess(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels x (batch, 196) → standardised logits s', with log|ds'/dy| (batch,) of the map
+        from the dequantised image y = (x + u)/256, so that log p(y) = log p(s') + log-det."""
         s, log_det = dequantize_logit(x, LOGIT_ALPHA)
         mean, std = self.mean.to(s), self.std.to(s)
-        return model.log_prob((s - mean) / std) + log_det - std.log().sum()
+        return (s - mean) / std, log_det - std.log().sum()
 
     def to_intensities(self, samples: torch.Tensor) -> torch.Tensor:
         """Model samples (n, 196) back to pixel intensities in [0, 1]."""
