@@ -97,6 +97,6 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rows = json.loads((out / "latent_ode.json").read_text())
     assert {row["model"] for row in rows} == {"latent_ode", "rnn"}
     table = (out / "latent_ode.md").read_text()
-    assert "| Latent ODE (field 20) | 30 |" in table and "| 0.1642 |" in table  # paper
+    assert "| Latent ODE (field 20, lr 0.01) | 30 |" in table and "| 0.1642 |" in table  # paper
     for figure in ("latent_ode_spirals.png", "latent_ode_latents.png"):
         assert (out / figure).stat().st_size > 0

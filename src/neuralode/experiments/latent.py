@@ -43,9 +43,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--obs", type=int, choices=OBSERVATIONS, default=30, help="observed points per spiral"
     )
     parser.add_argument("--model", choices=MODELS, default="latent_ode", help="the model")
-    parser.add_argument("--epochs", type=int, default=200, help="passes over the spirals")
+    parser.add_argument("--epochs", type=int, default=400, help="passes over the spirals")
     parser.add_argument("--batch-size", type=int, default=50, help="spirals per step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (cosine decay)")
     parser.add_argument("--train-size", type=int, default=1000, help="training spirals")
     parser.add_argument("--noise", type=float, default=0.1, help="observation noise std")
     parser.add_argument("--latent-dim", type=int, default=4, help="latent dimension (paper: 4)")

@@ -29,7 +29,7 @@ from .mnist_report import read_log
 
 PAPER = {"rnn": (0.3937, 0.3202, 0.1813), "latent_ode": (0.1642, 0.1502, 0.1346)}
 MODEL_NAMES = {
-    "rnn": "RNN (time gaps)",
+    "rnn": "RNN with time gaps",
     "latent_ode": "Latent ODE",
     "ode_rnn": "Latent ODE, ODE-RNN encoder",
 }
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 "obs": config["obs"],
                 "noise": config["noise"],
                 "train_size": config["train_size"],
+                "lr": config["lr"],
                 "field_hidden": config.get("field_hidden") if config["model"] != "rnn" else None,
                 "parameters": count_parameters(model),
                 "epochs": len(epochs),
@@ -123,8 +124,9 @@ def format_table(rows: list[dict[str, Any]], test_size: int) -> str:
 
 
 def _name(row: dict[str, Any]) -> str:
-    hidden = row["field_hidden"]
-    return MODEL_NAMES[row["model"]] + (f" (field {hidden})" if hidden else "")
+    """The model, its latent field's widths and its learning rate."""
+    field = f"field {row['field_hidden']}, " if row["field_hidden"] else ""
+    return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g})"
 
 
 def _main_runs(models: dict[str, tuple[Any, dict]]) -> dict[tuple[str, int], tuple[Any, dict]]:
