@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 "noise": config["noise"],
                 "train_size": config["train_size"],
                 "lr": config["lr"],
+                "seed": config["seed"],
                 "field_hidden": config.get("field_hidden") if config["model"] != "rnn" else None,
                 "parameters": count_parameters(model),
                 "epochs": len(epochs),
@@ -126,7 +127,8 @@ def format_table(rows: list[dict[str, Any]], test_size: int) -> str:
 def _name(row: dict[str, Any]) -> str:
     """The model, its latent field's widths and its learning rate."""
     field = f"field {row['field_hidden']}, " if row["field_hidden"] else ""
-    return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g})"
+    seed = f", seed {row['seed']}" if row["seed"] else ""
+    return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g}{seed})"
 
 
 def _main_runs(models: dict[str, tuple[Any, dict]]) -> dict[tuple[str, int], tuple[Any, dict]]:
