@@ -45,9 +45,8 @@ from ..models import (
 from ..models.cnf import standard_normal_samples
 from ..nn import SolverConfig
 from ..training import SampledBatches, Trainer
-from ..training.checkpoint import load_checkpoint
 from .cnf_figures import plot_image_grid, plot_samples_2d
-from .common import add_device_arguments, add_run_arguments, run_config, start_command
+from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
 
 MODELS = ("cnf", "cnf-hyper", "planar", "gaussian")
 IMAGE_DATASETS = ("mnist14",)
@@ -382,13 +381,7 @@ def load_flow(
     path: Path, device: torch.device, tol: float | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A saved flow in eval mode and its config; ``tol`` overrides the trained tolerance."""
-    saved = load_checkpoint(path, map_location=device)
-    config = dict(saved["config"])
-    if tol is not None:
-        config["tol"] = tol
-    model = build_flow(config)
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), config
+    return load_run(path, device, build_flow, {"tol": tol} if tol is not None else None)
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -4,12 +4,15 @@ and the configuration a run saves."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..training import resolve_device, seed_everything
+from ..training.checkpoint import load_checkpoint
 
 
 def add_run_arguments(
@@ -43,6 +46,21 @@ def start_command(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     return resolve_device(args.device)
+
+
+def load_run(
+    path: Path,
+    device: torch.device,
+    build: Callable[[dict[str, Any]], nn.Module],
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved run's model (model.pt or checkpoint.pt), rebuilt by ``build`` from its config with
+    ``overrides`` applied, on ``device`` in eval mode; and that config."""
+    saved = load_checkpoint(path, map_location=device)
+    config = {**saved["config"], **(overrides or {})}
+    model = build(config)
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), config
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:

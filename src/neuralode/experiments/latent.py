@@ -29,8 +29,7 @@ from ..models import count_parameters
 from ..models.latent_ode import GapRNN, LatentODE
 from ..nn import SolverConfig
 from ..training import TensorBatches, Trainer
-from ..training.checkpoint import load_checkpoint
-from .common import add_device_arguments, add_run_arguments, run_config, start_command
+from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
 
 MODELS = ("latent_ode", "ode_rnn", "rnn")
 OBSERVATIONS = (30, 50, 100)
@@ -169,10 +168,7 @@ def train(args: argparse.Namespace) -> int:
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A saved model in eval mode and its config."""
-    saved = load_checkpoint(path, map_location=device)
-    model = build_model(saved["config"])
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), dict(saved["config"])
+    return load_run(path, device, build_model)
 
 
 def evaluate(args: argparse.Namespace) -> int:

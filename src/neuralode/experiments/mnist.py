@@ -19,8 +19,7 @@ from ..data import MNISTBatches, load_mnist
 from ..models import build_mnist_model, count_parameters
 from ..nn import ODEModule
 from ..training import Trainer
-from ..training.checkpoint import load_checkpoint
-from .common import add_device_arguments, add_run_arguments, run_config, start_command
+from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
 
 MODELS = ("odenet", "resnet", "rknet", "mlp")
 
@@ -68,6 +67,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
     return {"tol": tol, "gradient": gradient} if name == "odenet" else {}
+
+
+def load_model(
+    path: Path, device: torch.device, tol: float | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved Table 1 model in eval mode and its config; ``tol`` overrides the ODE-Net's."""
+
+    def build(config: dict[str, Any]) -> nn.Module:
+        kwargs = model_kwargs(config["model"], config.get("tol", 1e-3), "backprop")
+        return build_mnist_model(config["model"], **kwargs)
+
+    return load_run(path, device, build, {"tol": tol} if tol is not None else None)
 
 
 def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
@@ -149,12 +160,8 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Print the test error of a saved model (JSON on the last line)."""
     device = start_command(args)
-    saved = load_checkpoint(args.checkpoint, map_location=device)
-    config = saved["config"]
-    tol = args.tol if args.tol is not None else config.get("tol", 1e-3)
-    model = build_mnist_model(config["model"], **model_kwargs(config["model"], tol, "backprop"))
-    model.load_state_dict(saved["model"])
-    model.to(device)
+    model, config = load_model(args.checkpoint, device, args.tol)
+    tol = config.get("tol", 1e-3)
     images, labels = load_mnist(args.data_dir, "test", download=args.download)
     if args.test_limit:
         images, labels = images[: args.test_limit], labels[: args.test_limit]

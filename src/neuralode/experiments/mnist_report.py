@@ -26,8 +26,7 @@ from ..data import load_mnist
 from ..models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
 from ..training import resolve_device
-from ..training.checkpoint import load_checkpoint
-from .mnist import MODELS, classification_loss, model_kwargs, test_error
+from .mnist import MODELS, classification_loss, load_model, model_kwargs, test_error
 
 PAPER = {
     "mlp": (1.60, "0.24M"),
@@ -68,16 +67,6 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         [r for r in records if r["kind"] == "epoch"],
         [r for r in records if r["kind"] == "step"],
     )
-
-
-def load_model(path: Path, device: torch.device, tol: float | None = None) -> tuple[Any, dict]:
-    """A saved Table 1 model (model.pt) and its config; ``tol`` overrides the ODE-Net's."""
-    saved = load_checkpoint(path, map_location=device)
-    config = saved["config"]
-    tol = config.get("tol", 1e-3) if tol is None else tol
-    model = build_mnist_model(config["model"], **model_kwargs(config["model"], tol, "backprop"))
-    model.load_state_dict(saved["model"])
-    return model.to(device), config
 
 
 def training_step_memory(model_name: str, gradient: str, threads: int) -> float:
