@@ -78,6 +78,7 @@ class StopAt:
 
     def __init__(self, data: TensorBatches, step: int, action: Callable[[], None]) -> None:
         self.data, self.step, self.action = data, step, action
+        self.batch_size = data.batch_size
 
     def __len__(self) -> int:
         return len(self.data)

@@ -46,7 +46,14 @@ from ..models.cnf import standard_normal_samples
 from ..nn import SolverConfig
 from ..training import SampledBatches, Trainer
 from .cnf_figures import plot_image_grid, plot_samples_2d
-from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
+from .common import (
+    add_device_arguments,
+    add_run_arguments,
+    load_run,
+    run_config,
+    start_command,
+    start_training,
+)
 
 MODELS = ("cnf", "cnf-hyper", "planar", "gaussian")
 IMAGE_DATASETS = ("mnist14",)
@@ -347,7 +354,7 @@ def run_name(config: Mapping[str, Any]) -> str:
 
 def train(args: argparse.Namespace) -> int:
     """Train one flow; returns an exit status (0 when all steps ran)."""
-    device = start_command(args)
+    distributed, device = start_training(args)
     if args.iterations % args.eval_every:
         raise SystemExit("--iterations must be a multiple of --eval-every")
     config = run_config(args)
@@ -360,7 +367,8 @@ def train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/cnf") / run_name(config)
     data = SampledBatches(task.sampler, args.batch_size, args.eval_every, seed=args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    print(f"{run_name(config)}: {config['parameters']:,} parameters, writing to {out}")
+    if distributed.is_main:
+        print(f"{run_name(config)}: {config['parameters']:,} parameters, writing to {out}")
     trainer = Trainer(
         model,
         optimizer,
@@ -372,6 +380,7 @@ def train(args: argparse.Namespace) -> int:
         evaluate=lambda m: task.evaluate(m, args.eval_samples, device),
         checkpoint_every=args.checkpoint_every,
         config=config,
+        distributed=distributed,
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130

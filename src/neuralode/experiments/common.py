@@ -1,5 +1,5 @@
-"""What the experiment commands share: run-folder and device options, the start of a command,
-and the configuration a run saves."""
+"""What the experiment commands share: run-folder and device options, the start of a command
+(joining the ``torchrun`` process group for training), and the configuration a run saves."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from torch import nn
 
 from ..training import resolve_device, seed_everything
 from ..training.checkpoint import load_checkpoint
+from ..training.distributed import Distributed, join_process_group
 
 
 def add_run_arguments(
     parser: argparse.ArgumentParser, default_out: str, checkpoint_every: float
 ) -> None:
-    """--out (default ``default_out``), --resume and --checkpoint-every (seconds)."""
+    """--out (default ``default_out``), --resume, --checkpoint-every and --dist-timeout
+    (seconds)."""
     parser.add_argument(
         "--out", type=Path, default=None, help=f"run folder (default {default_out})"
     )
@@ -31,6 +33,12 @@ def add_run_arguments(
         default=checkpoint_every,
         help=f"seconds between checkpoints (default {checkpoint_every:g})",
     )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="under torchrun: seconds a rank waits for the others before failing (default 1800)",
+    )
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +50,24 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def start_command(args: argparse.Namespace) -> torch.device:
     """Apply --threads and --seed; return the --device to run on."""
+    _apply_threads_and_seed(args)
+    return resolve_device(args.device)
+
+
+def start_training(args: argparse.Namespace) -> tuple[Distributed, torch.device]:
+    """Apply --threads and --seed; join the process group when launched by ``torchrun`` (with
+    --dist-timeout) and check that every rank got the same options. Returns this process's
+    rank and world size, and its device (``cuda:LOCAL_RANK`` for --device auto on GPUs)."""
+    _apply_threads_and_seed(args)
+    distributed, device = join_process_group(args.device, args.dist_timeout)
+    distributed.check_same("options", run_config(args))
+    return distributed, device
+
+
+def _apply_threads_and_seed(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    return resolve_device(args.device)
 
 
 def load_run(

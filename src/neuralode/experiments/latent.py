@@ -29,7 +29,14 @@ from ..models import count_parameters
 from ..models.latent_ode import GapRNN, LatentODE
 from ..nn import SolverConfig
 from ..training import TensorBatches, Trainer
-from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
+from .common import (
+    add_device_arguments,
+    add_run_arguments,
+    load_run,
+    run_config,
+    start_command,
+    start_training,
+)
 
 MODELS = ("latent_ode", "ode_rnn", "rnn")
 OBSERVATIONS = (30, 50, 100)
@@ -135,7 +142,7 @@ def make_loss(times: torch.Tensor):
 
 def train(args: argparse.Namespace) -> int:
     """Train one model; returns an exit status (0 when all epochs ran)."""
-    device = start_command(args)
+    distributed, device = start_training(args)
     config = run_config(args)
     model = build_model(config)
     config["parameters"] = count_parameters(model)
@@ -148,7 +155,8 @@ def train(args: argparse.Namespace) -> int:
     test = held_out_spirals(config, args.test_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    print(f"obs{args.obs}-{args.model}: {config['parameters']:,} parameters, writing to {out}")
+    if distributed.is_main:
+        print(f"obs{args.obs}-{args.model}: {config['parameters']:,} parameters, writing to {out}")
     trainer = Trainer(
         model,
         optimizer,
@@ -161,6 +169,7 @@ def train(args: argparse.Namespace) -> int:
         evaluate=lambda m: rmse_scores(predict(m, test, device), test),
         checkpoint_every=args.checkpoint_every,
         config=config,
+        distributed=distributed,
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130

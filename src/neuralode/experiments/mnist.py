@@ -19,7 +19,14 @@ from ..data import MNISTBatches, load_mnist
 from ..models import build_mnist_model, count_parameters
 from ..nn import ODEModule
 from ..training import Trainer
-from .common import add_device_arguments, add_run_arguments, load_run, run_config, start_command
+from .common import (
+    add_device_arguments,
+    add_run_arguments,
+    load_run,
+    run_config,
+    start_command,
+    start_training,
+)
 
 MODELS = ("odenet", "resnet", "rknet", "mlp")
 
@@ -113,7 +120,7 @@ def test_error(
 
 def train(args: argparse.Namespace) -> int:
     """Train one Table 1 model; returns an exit status (0 when all epochs ran)."""
-    device = start_command(args)
+    distributed, device = start_training(args)
     out = args.out or Path("runs/mnist") / args.model
     train_images, train_labels = load_mnist(args.data_dir, "train", download=args.download)
     test_images, test_labels = load_mnist(args.data_dir, "test", download=args.download)
@@ -134,10 +141,11 @@ def train(args: argparse.Namespace) -> int:
     )
     config = run_config(args)
     config["parameters"] = count_parameters(model)
-    print(
-        f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
-        f"writing to {out}"
-    )
+    if distributed.is_main:
+        print(
+            f"{args.model}: {config['parameters']:,} parameters, {len(data)} batches per epoch, "
+            f"writing to {out}"
+        )
     trainer = Trainer(
         model,
         optimizer,
@@ -152,6 +160,7 @@ def train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         config=config,
+        distributed=distributed,
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130

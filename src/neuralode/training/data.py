@@ -16,6 +16,9 @@ import torch
 
 
 class BatchSource(Protocol):
+    batch_size: int
+    """Samples in a full batch (under data parallelism: the global batch, over all ranks)."""
+
     def __len__(self) -> int:
         """Batches per epoch."""
         ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,18 +28,23 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor moved to ``device``: a tensor, or tuples, lists and dicts of
-    them (nested; other values pass through unchanged)."""
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``batch`` with ``fn`` applied to every tensor: a tensor, or tuples (named too), lists and
+    dicts of them, nested; other values pass through unchanged."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, Mapping):
-        return {key: move_to_device(value, device) for key, value in batch.items()}
+        return {key: map_tensors(value, fn) for key, value in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(move_to_device(value, device) for value in batch))
+        return type(batch)(*(map_tensors(value, fn) for value in batch))
     if isinstance(batch, (tuple, list)):
-        return type(batch)(move_to_device(value, device) for value in batch)
+        return type(batch)(map_tensors(value, fn) for value in batch)
     return batch
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor moved to ``device`` (see :func:`map_tensors`)."""
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
 
 
 def batch_size(batch: Any) -> int:

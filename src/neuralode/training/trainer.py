@@ -4,7 +4,11 @@ An experiment hands :class:`Trainer` its model, optimizer, data source and loss;
 the epochs, shows progress, writes ``log.jsonl``, checkpoints, and resumes a stopped run at the
 batch where it stopped, so that the resumed run ends with the parameters of an uninterrupted one.
 
-Files in ``out_dir`` (written only by the main process, ``is_main``):
+Under ``torchrun`` (see :mod:`neuralode.training.distributed`) the loss runs inside
+``DistributedDataParallel``: each rank trains on its slice of every global batch, gradients are
+averaged over the ranks, and the logged metrics and NFE are means over them.
+
+Files in ``out_dir`` (written only by rank 0):
 
 - ``log.jsonl``: one JSON object per line, appended and flushed; ``"kind": "epoch"`` lines (one
   per epoch) and, with ``log_every``, ``"kind": "step"`` lines.
@@ -29,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
@@ -37,6 +42,7 @@ from ..nn import ODEModule
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import BatchSource
 from .device import batch_size, move_to_device
+from .distributed import Distributed
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, float]]]
 """``loss_fn(model, batch) -> (loss, metrics)``: the scalar loss to minimize and floats to log."""
@@ -45,6 +51,8 @@ EvalFn = Callable[[nn.Module], Mapping[str, float]]
 """``evaluate(model) -> metrics``, called in eval mode at each epoch end (it picks its own
 ``torch.no_grad``: a continuous normalizing flow may need gradients to evaluate)."""
 
+ANOTHER_RANK = "a stop on another rank"
+"""``FitResult.stopped_by`` on the ranks that were not signalled themselves."""
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
 MODEL_FILE = "model.pt"
@@ -65,44 +73,89 @@ class EpochTotals:
     """Running sums over the batches of the epoch in progress.
 
     ``metric_sums`` holds each metric times its batch's samples, so :meth:`means` weighs a
-    smaller last batch by its size; NFE sums are per step (one solve per step and block).
+    smaller last batch by its size; NFE sums are per step (one solve per step and block; the
+    mean over the ranks, and in ``nfe_forward_max`` the slowest rank's forward NFE).
     """
 
     samples: int = 0
     steps: int = 0
     seconds: float = 0.0
-    nfe_forward: int = 0
-    nfe_backward: int = 0
+    nfe_forward: float = 0.0
+    nfe_backward: float = 0.0
+    nfe_forward_max: float = 0.0
+    gradient_bytes: float = 0.0
     metric_sums: dict[str, float] = field(default_factory=dict)
 
-    def add(
-        self,
-        samples: int,
-        seconds: float,
-        metrics: Mapping[str, float],
-        nfe: tuple[int, int],
-    ) -> None:
-        """Count one step of ``samples`` samples that took ``seconds`` (data loading included)."""
-        self.samples += samples
+    def add(self, step: StepReport, seconds: float) -> None:
+        """Count one step that took ``seconds`` (data loading included)."""
+        self.samples += step.samples
         self.steps += 1
         self.seconds += seconds
-        self.nfe_forward += nfe[0]
-        self.nfe_backward += nfe[1]
-        for name, value in metrics.items():
+        self.nfe_forward += step.nfe_forward
+        self.nfe_backward += step.nfe_backward
+        self.nfe_forward_max += step.nfe_forward_max
+        self.gradient_bytes += step.gradient_bytes
+        samples = step.samples
+        for name, value in step.metrics.items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value * samples
 
     def means(self) -> dict[str, float]:
         """Each metric averaged over the epoch's samples so far."""
         return {name: total / max(self.samples, 1) for name, total in self.metric_sums.items()}
 
-    def mean_nfe(self) -> tuple[float, float]:
-        """Mean forward and backward NFE per step."""
+    def mean_nfe(self) -> tuple[float, float, float]:
+        """Mean forward, backward and slowest rank's forward NFE per step."""
         steps = max(self.steps, 1)
-        return self.nfe_forward / steps, self.nfe_backward / steps
+        return (
+            self.nfe_forward / steps,
+            self.nfe_backward / steps,
+            self.nfe_forward_max / steps,
+        )
 
     def samples_per_second(self) -> float:
         """Training throughput, in samples/s."""
         return self.samples / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step as seen by all ranks together: samples of the global batch, metrics
+    averaged over them, NFE averaged over the ranks (and the largest forward NFE of a rank), and
+    whether any rank was asked to stop; and the gradient bytes a rank all-reduced."""
+
+    samples: int
+    metrics: dict[str, float]
+    nfe_forward: float
+    nfe_backward: float
+    nfe_forward_max: float
+    stop: bool
+    gradient_bytes: float = 0.0
+
+    @classmethod
+    def reduce(
+        cls,
+        distributed: Distributed,
+        samples: int,
+        metrics: Mapping[str, float],
+        nfe: tuple[int, int],
+        stop: bool,
+        gradient_bytes: int = 0,
+    ) -> StepReport:
+        """Combine every rank's share of a step (one all-gather of a few numbers)."""
+        names = sorted(metrics)
+        values = [samples, nfe[0], nfe[1], float(stop), gradient_bytes]
+        rows = distributed.gather_rows([*values, *(metrics[k] * samples for k in names)])
+        counts = rows[:, 0]
+        total = int(counts.sum())
+        return cls(
+            samples=total,
+            metrics={k: float(rows[:, 5 + i].sum()) / total for i, k in enumerate(names)},
+            nfe_forward=float(rows[:, 1].mean()),
+            nfe_backward=float(rows[:, 2].mean()),
+            nfe_forward_max=float(rows[:, 1].max()),
+            stop=bool(rows[:, 3].any()),
+            gradient_bytes=float(rows[:, 4].mean()),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,7 +182,7 @@ class Trainer:
     """Trains ``model`` on ``train_data`` for ``epochs`` epochs.
 
     Args:
-        model: moved to ``device``; may be wrapped in ``DistributedDataParallel``.
+        model: moved to ``device``.
         optimizer: over the model's parameters.
         train_data: a :class:`~neuralode.training.data.BatchSource`.
         loss_fn: ``loss_fn(model, batch) -> (loss, metrics)``; the batch is on ``device``.
@@ -144,7 +197,13 @@ class Trainer:
         grad_clip: if given, the maximal 2-norm of the gradient of all parameters.
         log_every: if given, also log a ``"kind": "step"`` line every ``log_every`` steps.
         config: the experiment's configuration (picklable), saved in the checkpoint and model.
-        is_main: whether this process writes files and prints (False on non-zero DDP ranks).
+        distributed: this process's rank and world size (default: a process alone; from
+            :func:`~neuralode.training.distributed.join_process_group`); with several ranks the
+            loss runs in ``DistributedDataParallel`` on each rank's slice of the global batch,
+            ``evaluate`` runs on rank 0 only, and only rank 0 prints and writes files.
+
+    Raises:
+        ValueError: ``train_data.batch_size`` is not divisible by the world size.
     """
 
     def __init__(
@@ -164,12 +223,15 @@ class Trainer:
         grad_clip: float | None = None,
         log_every: int | None = None,
         config: Mapping[str, Any] | None = None,
-        is_main: bool = True,
+        distributed: Distributed | None = None,
     ) -> None:
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(
                 f"scheduler_interval must be 'step' or 'epoch', not {scheduler_interval!r}"
             )
+        self.distributed = distributed or Distributed()
+        self.distributed.check_batch_size(train_data.batch_size)
+        self.is_main = self.distributed.is_main
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -179,12 +241,30 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.grad_clip, self.log_every = grad_clip, log_every
         self.config = dict(config or {})
-        self.is_main = is_main
         self.position, self.totals = Position(), EpochTotals()
         self.history: list[dict[str, Any]] = []
         self._ode_blocks = [m for m in model.modules() if isinstance(m, ODEModule)]
+        self._gradient_bytes = [0]
+        self._loss = self._loss_module(_LossModule(self.model, loss_fn))
         self._at_boundary = True  # False while a step or an epoch end is changing the state
         self._last_save = time.monotonic()
+
+    def _loss_module(self, loss: _LossModule) -> nn.Module:
+        """``loss`` itself on one process; with several ranks, wrapped in
+        ``DistributedDataParallel``, counting the gradient bytes each rank all-reduces."""
+        if not self.distributed.active:
+            return loss
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(loss, device_ids=device_ids)
+
+        # DDP checks the hook's annotations and rejects the strings of postponed evaluation
+        def counting_allreduce(counter, bucket):
+            buffer = bucket.buffer()
+            counter[0] += buffer.numel() * buffer.element_size()
+            return default_hooks.allreduce_hook(None, bucket)
+
+        wrapped.register_comm_hook(self._gradient_bytes, counting_allreduce)
+        return wrapped
 
     @property
     def checkpoint_path(self) -> Path:
@@ -210,7 +290,7 @@ class Trainer:
         self.model.train()
         with _StopOnSignal() as stop:
             try:
-                while self.position.epoch < self.epochs and stop.reason is None:
+                while self.position.epoch < self.epochs and not stop.agreed(self.distributed):
                     self._train_epoch(stop)
                     if stop.reason is None:
                         self._end_epoch()
@@ -222,13 +302,14 @@ class Trainer:
         if self.position.epoch < self.epochs:
             self._save_checkpoint()
             self._print(f"stopped by {stop.reason}; checkpoint saved to {self.checkpoint_path}")
-            return FitResult(list(self.history), stopped_by=stop.reason)
-        self._save_model()
-        return FitResult(list(self.history))
+        else:
+            self._save_model()
+        self.distributed.barrier()  # no rank leaves (and tears down the group) while others work
+        return FitResult(list(self.history), stopped_by=stop.reason)
 
     def _start(self, resume: bool) -> None:
         """Load the checkpoint (resume) or start afresh, and cut the log to match."""
-        if resume and self.checkpoint_path.exists():
+        if self.distributed.broadcast(resume and self.checkpoint_path.exists()):
             log_offset = self._load_checkpoint()
             self._print(
                 f"resumed from {self.checkpoint_path} at epoch {self.position.epoch + 1}, "
@@ -248,35 +329,46 @@ class Trainer:
             tick = time.perf_counter()
             for batch in self.train_data.batches(epoch, self.position.batch):
                 self._at_boundary = False
-                metrics, nfe = self._train_step(batch)
-                self.totals.add(batch_size(batch), time.perf_counter() - tick, metrics, nfe)
+                step = self._train_step(batch, stop)
+                self.totals.add(step, time.perf_counter() - tick)
                 self.position.batch += 1
                 self.position.global_step += 1
                 self._at_boundary = True
-                self._report_step(bar, metrics, nfe)
-                if stop.reason is not None:
+                self._report_step(bar, step)
+                if step.stop:
+                    stop.reason = stop.reason or ANOTHER_RANK
                     return
                 if time.monotonic() - self._last_save >= self.checkpoint_every:
                     self._save_checkpoint()
                 tick = time.perf_counter()
 
-    def _train_step(self, batch: Any) -> tuple[dict[str, float], tuple[int, int]]:
-        """One optimizer step on ``batch``: its metrics and the (forward, backward) NFE."""
-        batch = move_to_device(batch, self.device)
+    def _train_step(self, batch: Any, stop: _StopOnSignal) -> StepReport:
+        """One optimizer step on this rank's slice of the global ``batch``."""
+        local, weight = self.distributed.shard(batch)
+        local = move_to_device(local, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.loss_fn(self.model, batch)
-        loss.backward()
+        self._gradient_bytes[0] = 0
+        loss, metrics = self._loss(local)
+        (loss * weight if weight != 1.0 else loss).backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         metrics = {"loss": loss.item(), **{name: float(v) for name, v in metrics.items()}}
-        return metrics, solver_nfe(self._ode_blocks)
+        nfe = solver_nfe(self._ode_blocks)
+        return StepReport.reduce(
+            self.distributed,
+            batch_size(local),
+            metrics,
+            nfe,
+            stop.reason is not None,
+            self._gradient_bytes[0],
+        )
 
-    def _report_step(self, bar: tqdm, metrics: dict[str, float], nfe: tuple[int, int]) -> None:
+    def _report_step(self, bar: tqdm, step: StepReport) -> None:
         """Update the progress bar and, every ``log_every`` steps, log a step line."""
-        bar.set_postfix_str(self._postfix(nfe), refresh=False)
+        bar.set_postfix_str(self._postfix(step), refresh=False)
         bar.update(1)
         if self.log_every and self.position.global_step % self.log_every == 0 and self.is_main:
             record = {
@@ -284,17 +376,18 @@ class Trainer:
                 "epoch": self.position.epoch + 1,
                 "step": self.position.global_step,
                 "lr": self._lr(),
-                "nfe_forward": nfe[0],
-                "nfe_backward": nfe[1],
-                "train": metrics,
+                "nfe_forward": step.nfe_forward,
+                "nfe_backward": step.nfe_backward,
+                "train": step.metrics,
             }
             _append_jsonl(self.log_path, record)
 
-    def _postfix(self, nfe: tuple[int, int]) -> str:
+    def _postfix(self, step: StepReport) -> str:
         """The progress bar's text: epoch-average metrics, this step's NFE, samples/s."""
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.totals.means().items())
         rate = self.totals.samples_per_second()
-        return f"{metrics} nfe={nfe[0]}/{nfe[1]} {rate:.3g} samples/s"
+        nfe = f"nfe={step.nfe_forward:.3g}/{step.nfe_backward:.3g}"
+        return f"{metrics} {nfe} {rate:.3g} samples/s"
 
     def _end_epoch(self) -> None:
         """Step an epoch scheduler, evaluate, log the epoch, move to the next one, checkpoint."""
@@ -318,18 +411,21 @@ class Trainer:
         if self.evaluate is None:
             return {}, 0.0
         start = time.perf_counter()
-        self.model.eval()
-        try:
-            metrics = {name: float(v) for name, v in self.evaluate(self.model).items()}
-        finally:
-            self.model.train()
-        return metrics, time.perf_counter() - start
+        metrics: dict[str, float] = {}
+        if self.is_main:
+            self.model.eval()
+            try:
+                metrics = {name: float(v) for name, v in self.evaluate(self.model).items()}
+            finally:
+                self.model.train()
+        return self.distributed.broadcast(metrics), time.perf_counter() - start
 
     def _epoch_record(
         self, lr: float, eval_metrics: dict[str, float], eval_seconds: float
     ) -> dict[str, Any]:
         """The epoch's log line: ``seconds`` is training time (s), ``eval_seconds`` evaluation."""
-        nfe_forward, nfe_backward = self.totals.mean_nfe()
+        nfe_forward, nfe_backward, nfe_forward_max = self.totals.mean_nfe()
+        steps = max(self.totals.steps, 1)
         return {
             "kind": "epoch",
             "epoch": self.position.epoch + 1,
@@ -340,6 +436,9 @@ class Trainer:
             "samples_per_s": self.totals.samples_per_second(),
             "nfe_forward": nfe_forward,
             "nfe_backward": nfe_backward,
+            "nfe_forward_max": nfe_forward_max,
+            "world_size": self.distributed.world_size,
+            "gradient_bytes_per_step": self.totals.gradient_bytes / steps,
             "train": self.totals.means(),
             "eval": eval_metrics,
         }
@@ -350,7 +449,7 @@ class Trainer:
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
-            "model": _unwrap(self.model).state_dict(),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": capture_rng_state(),
@@ -367,9 +466,13 @@ class Trainer:
         self._last_save = time.monotonic()
 
     def _load_checkpoint(self) -> int:
-        """Restore the state saved by :meth:`_save_checkpoint`; return the log's size then."""
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        _unwrap(self.model).load_state_dict(state["model"])
+        """Restore the state saved by :meth:`_save_checkpoint` (read by rank 0, sent to every
+        rank, whatever the world size that wrote it); return the log's size then."""
+        state = None
+        if self.is_main:
+            state = load_checkpoint(self.checkpoint_path, map_location="cpu")
+        state = self.distributed.broadcast(state)
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -381,7 +484,7 @@ class Trainer:
 
     def _save_model(self) -> None:
         if self.is_main:
-            state = {"model": _unwrap(self.model).state_dict(), "config": self.config}
+            state = {"model": self.model.state_dict(), "config": self.config}
             save_checkpoint(self.model_path, state)
 
     def _progress_bar(self) -> tqdm:
@@ -433,6 +536,13 @@ class _StopOnSignal:
         self.reason: str | None = None
         self._previous: dict[int, Any] = {}
 
+    def agreed(self, distributed: Distributed) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer)."""
+        flags = distributed.gather_rows([float(self.reason is not None)])
+        if flags.any() and self.reason is None:
+            self.reason = ANOTHER_RANK
+        return self.reason is not None
+
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -449,9 +559,16 @@ class _StopOnSignal:
         self.reason = signal.Signals(signum).name
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (its state_dict keys unprefixed)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module's forward, so that ``DistributedDataParallel`` sees
+    the whole loss (which may call any of the model's methods, not only its forward)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, float]]:
+        return self.loss_fn(self.model, batch)
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
