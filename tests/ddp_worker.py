@@ -18,7 +18,7 @@ from torch import nn
 
 from neuralode.nn import NeuralODE, SolverConfig
 from neuralode.training import TensorBatches, Trainer, save_checkpoint, seed_everything
-from neuralode.training.distributed import join_process_group
+from neuralode.training.distributed import join_process_group, leave_process_group
 
 SAMPLES = 69  # batches of 16, 16, 16, 16 and 5: the last one splits 3 / 2 over two ranks
 
@@ -96,6 +96,8 @@ def main() -> None:
     trainer.fit(resume=args.resume)
     state = {"model": model.state_dict(), "nfe": nfe}
     save_checkpoint(args.out / f"rank{distributed.rank}.pt", state)
+    del trainer
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .experiments import (
     mnist_report,
     spiral_demo,
 )
+from .training.distributed import leave_process_group
 
 
 @dataclass(frozen=True)
@@ -170,4 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
-    return args.handler(args)
+    status = args.handler(args)
+    leave_process_group()  # a train command under torchrun: all ranks finish together
+    return status

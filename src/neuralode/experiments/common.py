@@ -20,7 +20,13 @@ def add_run_arguments(
     parser: argparse.ArgumentParser, default_out: str, checkpoint_every: float
 ) -> None:
     """--out (default ``default_out``), --resume, --checkpoint-every and --dist-timeout
-    (seconds)."""
+    (seconds), and an epilog on data-parallel launches."""
+    parser.epilog = (
+        "On several processes, GPUs or hosts, launch the same command with torchrun, e.g.\n"
+        "  torchrun --standalone --nproc_per_node=N -m neuralode "
+        f"{parser.prog.removeprefix('neuralode ')} [OPTIONS]\n"
+        "--batch-size is then the global batch (a multiple of N); rank 0 logs and checkpoints."
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help=f"run folder (default {default_out})"
     )

@@ -14,6 +14,7 @@ global batches, which is what lets it resume at another world size.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -105,11 +106,6 @@ class Distributed:
         dist.broadcast_object_list(box, src=0, device=_collective_device())
         return box[0]
 
-    def barrier(self) -> None:
-        """Wait until every rank gets here."""
-        if self.active:
-            dist.barrier()
-
     def check_same(self, what: str, values: Mapping[str, Any]) -> None:
         """Raise ValueError on every rank when the ranks disagree on ``values`` (e.g. the
         command-line options), naming the first differing key."""
@@ -136,7 +132,8 @@ def join_process_group(
     The device is ``resolve_device(device_spec)``; under ``torchrun`` a CUDA device without an
     index becomes ``cuda:LOCAL_RANK``. The backend is NCCL for CUDA devices and gloo for CPU.
     A collective that waits longer than ``timeout_s`` seconds for a rank fails with an error
-    instead of hanging. The group is destroyed when the interpreter exits.
+    instead of hanging. End with :func:`leave_process_group`; after an error the group is
+    destroyed when the interpreter exits.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -151,11 +148,26 @@ def join_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=timedelta(seconds=timeout_s),
         )
-        atexit.register(_leave_process_group)
+        atexit.register(_destroy_process_group)
     return Distributed(rank, world_size, local_rank), device
 
 
-def _leave_process_group() -> None:
+def leave_process_group() -> None:
+    """Wait for every rank, then destroy the default process group (a no-op without one).
+
+    Call it once training is over, with every model wrapped in ``DistributedDataParallel``
+    released: a rank that exits first, or a group destroyed while a DDP reducer still holds
+    work on it, can abort the other ranks at exit.
+    """
+    if dist.is_initialized():
+        gc.collect()  # DDP's reducer and its communication hooks live in reference cycles
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """At interpreter exit (after an error, say): destroy the group without waiting for
+    anyone."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

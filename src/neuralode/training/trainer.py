@@ -304,7 +304,6 @@ class Trainer:
             self._print(f"stopped by {stop.reason}; checkpoint saved to {self.checkpoint_path}")
         else:
             self._save_model()
-        self.distributed.barrier()  # no rank leaves (and tears down the group) while others work
         return FitResult(list(self.history), stopped_by=stop.reason)
 
     def _start(self, resume: bool) -> None:
