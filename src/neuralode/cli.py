@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import __version__
 from .experiments import (
+    augmented,
     cnf,
     cnf_report,
     latent,
@@ -43,6 +44,12 @@ COMMANDS: dict[str, Command] = {
         description=spiral_demo.__doc__ or "",
         add_arguments=spiral_demo.add_arguments,
         run=spiral_demo.run,
+    ),
+    "augmented": Command(
+        help="plain vs augmented vs input-conditioned Neural ODEs on a 1-D swap and 2-D circles",
+        description=augmented.__doc__ or "",
+        add_arguments=augmented.add_arguments,
+        run=augmented.run,
     ),
     "cnf": Command(
         help="continuous normalizing flows vs planar flows: 2-D densities and 14x14 MNIST",

@@ -96,12 +96,14 @@ class Checkpointed:
         return torch.cat(outputs)
 
 
-def _leaves(output: torch.Tensor) -> list[torch.Tensor]:
-    """The leaf tensors that require grad and that ``output``'s autograd graph reaches."""
+def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """The leaf tensors that require grad and that ``output``'s autograd graph reaches other
+    than through the (non-leaf) tensors ``through``."""
+    stops = {x.grad_fn for x in through if x.grad_fn is not None}
     leaves, seen, stack = [], set(), [output.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node is None or node in seen or node in stops:
             continue
         seen.add(node)
         if hasattr(node, "variable"):
@@ -113,7 +115,8 @@ def _leaves(output: torch.Tensor) -> list[torch.Tensor]:
 def _unlisted_leaves(
     problem: Problem, y0: torch.Tensor, params: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
-    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``.
+    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``
+    (a non-leaf tensor in ``params``, such as a computed condition, covers its own history).
 
     Leaves that func creates during the call (such as a detached copy of y that requires grad,
     to take a trace) die with the call's graph and are not reported; only tensors that outlive
@@ -122,7 +125,7 @@ def _unlisted_leaves(
     with torch.enable_grad():
         f0 = problem.first_derivative(y0.detach())
     known = {id(p) for p in params}
-    candidates = [weakref.ref(leaf) for leaf in _leaves(f0) if id(leaf) not in known]
+    candidates = [weakref.ref(leaf) for leaf in _leaves(f0, params) if id(leaf) not in known]
     del f0
     return [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
 

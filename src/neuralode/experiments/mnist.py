@@ -28,7 +28,9 @@ from .common import (
     start_training,
 )
 
-MODELS = ("odenet", "resnet", "rknet", "mlp")
+MODELS = ("odenet", "anode", "resnet", "rknet", "mlp")
+ADAPTIVE_MODELS = ("odenet", "anode")
+"""Models whose ODE block is solved adaptively (``--tol`` and ``--gradient`` apply)."""
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +75,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
-    return {"tol": tol, "gradient": gradient} if name == "odenet" else {}
+    return {"tol": tol, "gradient": gradient} if name in ADAPTIVE_MODELS else {}
 
 
 def load_model(
@@ -181,7 +183,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "model": name,
         "parameters": count_parameters(model),
         "images": len(labels),
-        "tol": tol if name == "odenet" else None,
+        "tol": tol if name in ADAPTIVE_MODELS else None,
         **metrics,
         "seconds": time.perf_counter() - start,
     }

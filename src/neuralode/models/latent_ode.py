@@ -15,17 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..nn.layers import mlp
 from ..nn.solve import ODEModule, SolverConfig
-
-
-def mlp(sizes: tuple[int, ...], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them."""
-    layers: list[nn.Module] = []
-    for index in range(len(sizes) - 1):
-        if index:
-            layers.append(activation())
-        layers.append(nn.Linear(sizes[index], sizes[index + 1]))
-    return nn.Sequential(*layers)
 
 
 class AutonomousField(nn.Module):

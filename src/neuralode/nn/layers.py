@@ -39,3 +39,48 @@ class ConcatConv2d(nn.Module):
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         time = t.to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])
         return self.conv(torch.cat([h, time], dim=1))
+
+
+def mlp(sizes: tuple[int, ...], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them."""
+    layers: list[nn.Module] = []
+    for index in range(len(sizes) - 1):
+        if index:
+            layers.append(activation())
+        layers.append(nn.Linear(sizes[index], sizes[index + 1]))
+    return nn.Sequential(*layers)
+
+
+class MLPField(nn.Module):
+    """A vector field of vectors: f(t, h) = MLP([h, t]), or f(t, h, c) = MLP([h, c, t]) with a
+    condition c; (batch, dim) → (batch, dim).
+
+    Args:
+        dim: state features (augmented ones included).
+        hidden: widths of the hidden layers, each followed by ``activation``.
+        condition_dim: features of the condition c (0: the field takes no condition).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: tuple[int, ...] = (32,),
+        condition_dim: int = 0,
+        activation: type[nn.Module] = nn.Tanh,
+    ) -> None:
+        super().__init__()
+        self.condition_dim = condition_dim
+        self.net = mlp((dim + condition_dim + 1, *hidden, dim), activation)
+
+    def forward(
+        self, t: torch.Tensor, h: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if (condition is None) != (self.condition_dim == 0):
+            got = "none" if condition is None else "one"
+            raise ValueError(
+                f"this field takes {'a' if self.condition_dim else 'no'} condition "
+                f"(condition_dim={self.condition_dim}); got {got}"
+            )
+        time = t.to(h.dtype).expand(*h.shape[:-1], 1)
+        inputs = [h, time] if condition is None else [h, condition, time]
+        return self.net(torch.cat(inputs, dim=-1))

@@ -3,14 +3,14 @@ solve."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..gradients import GradientMode, gradient_mode
+from ..gradients import Adjoint, GradientMode, gradient_mode
 from ..odeint import odeint
 from ..solvers.methods import DEFAULT_METHOD
 from ..state import State
@@ -39,9 +39,22 @@ class SolverConfig:
         gradient_mode(self.gradient)  # an unknown name fails here, with the valid ones listed
 
     def solve(
-        self, func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Tensor
+        self,
+        func: Callable[[torch.Tensor, State], State],
+        y0: State,
+        t: torch.Tensor,
+        inputs: Sequence[torch.Tensor] = (),
     ) -> tuple[State, SolverStats]:
-        """The solution at ``t`` (leading dimension len(t)) and the solve's statistics."""
+        """The solution at ``t`` (leading dimension len(t)) and the solve's statistics.
+
+        ``inputs``: tensors other than its parameters that ``func`` depends on (a condition,
+        say); the adjoint method differentiates with respect to them too. ``func`` must then be
+        an ``nn.Module``.
+        """
+        mode = gradient_mode(self.gradient)
+        if isinstance(mode, Adjoint) and any(x.requires_grad for x in inputs):
+            own = mode.params if mode.params is not None else tuple(func.parameters())
+            mode = replace(mode, params=(*own, *inputs))
         solution, stats = odeint(
             func,
             y0,
@@ -50,7 +63,7 @@ class SolverConfig:
             atol=self.atol,
             method=self.method,
             options=dict(self.options),
-            gradient=gradient_mode(self.gradient),
+            gradient=mode,
             return_stats=True,
         )
         return solution, stats
@@ -82,10 +95,15 @@ class ODEModule(nn.Module):
         self.stats = SolverStats()
 
     def solve(
-        self, func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Tensor
+        self,
+        func: Callable[[torch.Tensor, State], State],
+        y0: State,
+        t: torch.Tensor,
+        inputs: Sequence[torch.Tensor] = (),
     ) -> State:
-        """The solution at ``t``; the solve's statistics go to ``stats``."""
-        solution, self.stats = self.solver.solve(func, y0, t)
+        """The solution at ``t``; the solve's statistics go to ``stats``. ``inputs``: see
+        :meth:`SolverConfig.solve`."""
+        solution, self.stats = self.solver.solve(func, y0, t, inputs)
         return solution
 
     @property
