@@ -86,10 +86,11 @@ def test_adaptive_solves_with_different_step_counts_do_not_hang(
     assert log["nfe_forward_max"] == pytest.approx(last_epoch.max(dim=0).values.mean().item())
 
 
-def test_checkpoint_of_two_ranks_resumes_on_one(tmp_path: Path) -> None:
-    """Epoch 1 on two ranks, epoch 2 resumed on one = both epochs on one process."""
-    run_worker(2, tmp_path / "split", "--epochs", "1")
-    resumed = run_worker(1, tmp_path / "split", "--epochs", "2", "--resume")
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_checkpoint_resumes_at_another_world_size(tmp_path: Path, first: int, then: int) -> None:
+    """Epoch 1 on ``first`` ranks, epoch 2 resumed on ``then`` = both epochs on one process."""
+    run_worker(first, tmp_path / "split", "--epochs", "1")
+    resumed = run_worker(then, tmp_path / "split", "--epochs", "2", "--resume")
     alone = run_worker(1, tmp_path / "alone", "--epochs", "2")
     assert_parameters(resumed[0]["model"], alone[0]["model"], exact=False)
     assert len(epoch_losses(tmp_path / "split")) == 2

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--hidden", type=int, default=32, help="width of the field's MLP")
     parser.add_argument("--tol", type=float, default=1e-3, help="dopri5 rtol = atol")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="seeds --seed, --seed + 1, ... (default 3)"
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="tables, figures")
     add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0)
     add_device_arguments(parser)
@@ -102,45 +105,42 @@ def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train every (task, model) run and write the table and figures."""
+    """Train every (task, model, seed) run and write the table and figures."""
     distributed, device = start_training(args)
     out = args.out or Path("runs/augmented")
-    rows, models = [], {}
-    for task in args.tasks:
-        x_train, y_train = make_data(task, 256 if task == "circles" else 64, seed=args.seed)
-        x_test, y_test = make_data(task, 1000, seed=args.seed + 1)
-        x_test, y_test = x_test.to(device), y_test.to(device)
-        for name in args.models:
-            torch.manual_seed(args.seed)
-            model = Classifier(task, name, args.hidden, args.tol)
-            config = {**run_config(args), "task": task, "model": name}
-            trainer = Trainer(
-                model,
-                torch.optim.Adam(model.parameters(), lr=args.lr),
-                TensorBatches(x_train, y_train, batch_size=32, seed=args.seed),
-                mse_loss,
-                out_dir=out / f"{task}-{name}",
-                epochs=args.epochs,
-                device=device,
-                evaluate=lambda m, x=x_test, y=y_test: evaluate(m, x, y),
-                checkpoint_every=args.checkpoint_every,
-                config=config,
-                distributed=distributed,
-            )
-            result = trainer.fit(resume=args.resume)
-            if not result.completed:
-                return 130
-            rows.append(summarize(task, name, model, result.history))
-            models[task, name] = model.eval()
-            if distributed.is_main:
-                print(format_row(rows[-1]), flush=True)
+    runs, models = [], {}
+    for seed in range(args.seed, args.seed + args.repeats):
+        for task in args.tasks:
+            x_train, y_train = make_data(task, 256 if task == "circles" else 64, seed=seed)
+            x_test, y_test = (v.to(device) for v in make_data(task, 1000, seed=seed + 1000))
+            for name in args.models:
+                torch.manual_seed(seed)
+                model = Classifier(task, name, args.hidden, args.tol)
+                trainer = Trainer(
+                    model,
+                    torch.optim.Adam(model.parameters(), lr=args.lr),
+                    TensorBatches(x_train, y_train, batch_size=32, seed=seed),
+                    mse_loss,
+                    out_dir=out / f"{task}-{name}-seed{seed}",
+                    epochs=args.epochs,
+                    device=device,
+                    evaluate=lambda m, x=x_test, y=y_test: evaluate(m, x, y),
+                    checkpoint_every=args.checkpoint_every,
+                    config={**run_config(args), "task": task, "model": name, "seed": seed},
+                    distributed=distributed,
+                )
+                result = trainer.fit(resume=args.resume)
+                if not result.completed:
+                    return 130
+                runs.append({"seed": seed, **summarize(task, name, model, result.history)})
+                models.setdefault((task, name), model.eval())  # the first seed's, for figures
     if distributed.is_main:
-        write_results(args.results, rows, models, device)
+        write_results(args.results, runs, models, device)
     return 0
 
 
 def summarize(task: str, name: str, model: nn.Module, history: list[dict[str, Any]]) -> dict:
-    """One table row from a finished run's epoch records."""
+    """One run's record from its epoch records."""
     last = history[-1]
     return {
         "task": task,
@@ -149,23 +149,37 @@ def summarize(task: str, name: str, model: nn.Module, history: list[dict[str, An
         **last["eval"],
         "train_loss": last["train"]["loss"],
         "train_nfe_forward": last["nfe_forward"],
-        "train_nfe_backward": last["nfe_backward"],
         "train_seconds": sum(epoch["seconds"] for epoch in history),
         "epochs": len(history),
     }
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    return (
-        f"| {row['task']} | {row['model']} | {row['parameters']:,} | {row['test_loss']:.3g} | "
-        f"{100 * row['test_accuracy']:.1f}% | {row['test_nfe']:.0f} | "
-        f"{row['train_nfe_forward']:.1f} | {row['train_seconds']:.1f} |"
-    )
+def table_rows(runs: list[dict]) -> list[str]:
+    """One markdown row per (task, model): means over seeds, with the range where it varies."""
+
+    def spread(values: list[float], fmt: str, scale: float = 1.0, unit: str = "") -> str:
+        low, high = (format(v * scale, fmt) + unit for v in (min(values), max(values)))
+        mean = format(sum(values) / len(values) * scale, fmt) + unit
+        return mean if low == high else f"{mean} ({low}–{high})"
+
+    rows = []
+    keys = dict.fromkeys((r["task"], r["model"]) for r in runs)
+    for task, name in keys:
+        group = [r for r in runs if (r["task"], r["model"]) == (task, name)]
+        column = {k: [r[k] for r in group] for k in group[0]}
+        rows.append(
+            f"| {task} | {name} | {group[0]['parameters']:,} | "
+            f"{spread(column['test_loss'], '.3g')} | "
+            f"{spread(column['test_accuracy'], '.1f', 100, '%')} | "
+            f"{spread(column['test_nfe'], '.0f')} | {spread(column['train_nfe_forward'], '.1f')} | "
+            f"{spread(column['train_seconds'], '.1f')} |"
+        )
+    return rows
 
 
 def write_results(
     folder: Path,
-    rows: list[dict],
+    runs: list[dict],
     models: Mapping[tuple[str, str], Classifier],
     device: torch.device,
 ) -> None:
@@ -178,16 +192,18 @@ def write_results(
         "dopri5 at rtol = atol = 1e-3 (backpropagation through the solver), Adam, batch 32, "
         "64 (map1d) or 256 (circles) training points; test sets of 1,000 points. Test NFE: "
         "evaluations of the field in the solve of the test set after training; training NFE: "
-        "mean per step of the last epoch.",
+        "mean per step of the last epoch. Each cell: the mean over seeds "
+        f"{sorted({r['seed'] for r in runs})} (training data, test data and initialisation "
+        "change with the seed), with the range in brackets.",
         "",
         "| task | model | parameters | test MSE | test accuracy | test NFE | training NFE "
         "| training seconds |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(format_row(row) for row in rows),
+        *table_rows(runs),
     ]
     text = "\n".join(lines) + "\n"
     (folder / "augmented.md").write_text(text)
-    (folder / "augmented.json").write_text(json.dumps(rows, indent=2))
+    (folder / "augmented.json").write_text(json.dumps(runs, indent=2))
     print(text)
     tasks = {task for task, _ in models}
     if "map1d" in tasks:
