@@ -302,9 +302,9 @@ class Trainer:
         if self.position.epoch < self.epochs:
             self._save_checkpoint()
             self._print(f"stopped by {stop.reason}; checkpoint saved to {self.checkpoint_path}")
-        else:
-            self._save_model()
-        return FitResult(list(self.history), stopped_by=stop.reason)
+            return FitResult(list(self.history), stopped_by=stop.reason)
+        self._save_model()
+        return FitResult(list(self.history))
 
     def _start(self, resume: bool) -> None:
         """Load the checkpoint (resume) or start afresh, and cut the log to match."""
