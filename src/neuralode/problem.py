@@ -30,6 +30,7 @@ ADAPTIVE_OPTIONS = {
     "max_num_steps",
     "norm",
     "controller",
+    "per_sample",
 }
 DEFAULT_MAX_NUM_STEPS = 100_000
 
@@ -271,6 +272,10 @@ class Problem:
         """States at ``times``, shape (len(times), N), from the flat ``y0`` (default: the
         problem's own), differentiable by backpropagation through the steps."""
         y0 = self.y0 if y0 is None else y0
+        if self.options.get("per_sample"):
+            from .integrate_per_sample import solve_problem_per_sample
+
+            return solve_problem_per_sample(self, y0)
         f0 = self.first_derivative(y0)
         if len(self.times) == 1:
             return y0[None]
