@@ -82,6 +82,11 @@ class Checkpointed:
             )
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        if problem.options.get("per_sample"):
+            raise ODEInputError(
+                "options['per_sample'] works with gradient='backprop' or 'adjoint', not with "
+                "checkpointed segments"
+            )
         f0 = problem.first_derivative(y0)
         if len(problem.times) == 1:
             return y0[None]

@@ -100,7 +100,9 @@ def odeint(
             (fixed steps on these times). Adaptive methods also: ``first_step``, ``safety``
             (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
             ``max_num_steps`` (100000), ``norm`` (callable on the scaled error, default RMS),
-            ``controller`` (``"I"`` or ``"PI"``).
+            ``controller`` (``"I"`` or ``"PI"``), ``per_sample`` (True: every sample of a
+            (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1) tensor; see
+            :mod:`neuralode.integrate_per_sample`).
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.

@@ -15,6 +15,7 @@ import torch
 
 from .errors import ODEInputError
 from .integrate import StepLoop, Tolerance, initial_step_size, integrate
+from .integrate_per_sample import solve_per_sample
 from .solvers.controller import CONTROLLERS, FixedGrid, IController
 from .solvers.methods import DEFAULT_METHOD, METHODS
 from .solvers.tableau import Tableau
@@ -273,9 +274,7 @@ class Problem:
         problem's own), differentiable by backpropagation through the steps."""
         y0 = self.y0 if y0 is None else y0
         if self.options.get("per_sample"):
-            from .integrate_per_sample import solve_problem_per_sample
-
-            return solve_problem_per_sample(self, y0)
+            return solve_per_sample(self, y0)
         f0 = self.first_derivative(y0)
         if len(self.times) == 1:
             return y0[None]

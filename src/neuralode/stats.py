@@ -5,6 +5,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+
+@dataclass
+class PerSampleStats:
+    """Per-sample counters of a solve with ``options={"per_sample": True}``, each a (B,) int64
+    tensor: field evaluations the sample needed (while it was not done), accepted and rejected
+    steps."""
+
+    nfe: torch.Tensor
+    n_accepted: torch.Tensor
+    n_rejected: torch.Tensor
+
+    @classmethod
+    def zeros(cls, batch: int, device: torch.device) -> PerSampleStats:
+        return cls(*(torch.zeros(batch, dtype=torch.long, device=device) for _ in range(3)))
+
 
 @dataclass
 class SolverStats:
@@ -19,6 +36,9 @@ class SolverStats:
             recomputation; each adjoint evaluation is one vector-Jacobian product). Filled in
             when the gradient is computed.
         backward_steps: attempted steps in the backward pass.
+        per_sample: per-sample counters when the solve took steps per sample (then ``nfe``
+            counts evaluations of the field on the whole batch, and the step counts are those
+            of the sample that took the most).
     """
 
     nfe: int = 0
@@ -27,6 +47,7 @@ class SolverStats:
     last_dt: float = math.nan
     backward_nfe: int = 0
     backward_steps: int = 0
+    per_sample: PerSampleStats | None = None
 
     @property
     def n_steps(self) -> int:
