@@ -73,13 +73,13 @@ def solve_per_sample(problem: Problem, y0: torch.Tensor) -> torch.Tensor:
         step = direction * torch.where(active, torch.minimum(dt, remaining), torch.zeros_like(dt))
         ks = [f]
         for i in range(1, tableau.stages):
-            y_stage = y + step[:, None] * torch.einsum("s,sbn->bn", a[i], torch.stack(ks))
+            y_stage = torch.addcmul(y, step[:, None], _combine(a[i], torch.stack(ks)))
             ks.append(field(t + coefficients.c[i] * step, y_stage))
         k = torch.stack(ks)  # (stages, B, n)
         stats.nfe += active.long() * (tableau.stages - 1)
-        y1 = y_stage if tableau.fsal else y + step[:, None] * torch.einsum("s,sbn->bn", b, k)
+        y1 = y_stage if tableau.fsal else torch.addcmul(y, step[:, None], _combine(b, k))
         with torch.no_grad():
-            error = step[:, None] * torch.einsum("s,sbn->bn", b_err, k)
+            error = step[:, None] * _combine(b_err, k)
             scale = atol + rtol * torch.maximum(y.abs(), y1.abs())
             ratio = (error / scale).square().mean(dim=1).sqrt()
             accept = active & (ratio <= 1.0)
@@ -93,7 +93,7 @@ def solve_per_sample(problem: Problem, y0: torch.Tensor) -> torch.Tensor:
             _check_underflow(dt, t, active & ~accept, problem.times)
         t1 = t + step
         f1 = k[-1] if tableau.fsal else None
-        for j in range(1, len(times)):
+        for j in _output_candidates(times, t, t1, accept, direction):
             passed = accept & (direction * (times[j] - t) > 0) & (direction * (t1 - times[j]) >= 0)
             if bool(passed.any()):
                 if f1 is None:
@@ -109,6 +109,23 @@ def solve_per_sample(problem: Problem, y0: torch.Tensor) -> torch.Tensor:
         f = torch.where(accept[:, None], f1, f)
         done = done | (accept & (direction * (times[-1] - t) <= 0))
     return torch.stack(outputs).reshape(len(times), -1)
+
+
+def _combine(weights: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Σ_s weights[s] k[s]: (S,) weights of (S, B, n) stages → (B, n), as one matrix product."""
+    return (weights @ k.reshape(k.shape[0], -1)).view(k.shape[1:])
+
+
+def _output_candidates(
+    times: torch.Tensor, t: torch.Tensor, t1: torch.Tensor, accept: torch.Tensor, direction: float
+) -> range:
+    """Indices of the output times that some accepted step of this iteration may have passed:
+    those in (earliest start, latest end] (one host synchronisation)."""
+    key = direction * times
+    start = torch.where(accept, direction * t, torch.inf).min()
+    end = torch.where(accept, direction * t1, -torch.inf).max()
+    first, last = torch.searchsorted(key, torch.stack([start, end]), right=True).tolist()
+    return range(max(first, 1), last)
 
 
 def _check_supported(problem: Problem) -> None:
