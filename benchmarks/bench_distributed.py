@@ -43,8 +43,8 @@ def train_epoch(processes: int, threads: int, images: int, data_dir: Path) -> di
                        f"--nproc_per_node={processes}", *command]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run([sys.executable, *command], check=True, env=env, capture_output=True)
-        lines = (Path(out) / "log.jsonl").read_text().splitlines()
-    return next(json.loads(line) for line in lines if json.loads(line)["kind"] == "epoch")
+        records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return next(record for record in records if record["kind"] == "epoch")
 
 
 def allreduce_seconds(floats: int, repeats: int = 50) -> float:

@@ -38,11 +38,10 @@ def solve_per_sample(problem: Problem, y0: torch.Tensor) -> torch.Tensor:
     b, b_err = coefficients.b.reshape(-1), coefficients.b_err.reshape(-1)
     dense = torch.as_tensor(tableau.dense, dtype=dtype, device=device)  # (stages[+1], powers)
     order = tableau.error_order + 1
-    controls = {"safety": 0.9, "ifactor": 10.0, "dfactor": 0.2}
-    controls.update({k: float(problem.options[k]) for k in controls if k in problem.options})
+    control = problem.adaptive_controller()  # its safety and bounds, applied per sample
     rtol, atol = (_per_row(x / problem.tolerance.root, batch) for x in
                   (problem.tolerance.rtol, problem.tolerance.atol))  # fmt: skip
-    max_steps = problem.options.get("max_num_steps", 100_000)
+    max_steps = problem.max_num_steps
     times = torch.tensor(problem.times, dtype=dtype, device=device)
     direction = 1.0 if problem.times[-1] >= problem.times[0] else -1.0
     t_shape = (batch,) + (1,) * (len(shape) - 1)
@@ -83,9 +82,9 @@ def solve_per_sample(problem: Problem, y0: torch.Tensor) -> torch.Tensor:
             scale = atol + rtol * torch.maximum(y.abs(), y1.abs())
             ratio = (error / scale).square().mean(dim=1).sqrt()
             accept = active & (ratio <= 1.0)
-            factor = controls["safety"] * ratio.clamp(min=1e-30) ** (-1.0 / order)
-            low = torch.where(accept, 1.0, controls["dfactor"])
-            high = torch.where(accept, controls["ifactor"], 1.0)
+            factor = control.safety * ratio.clamp(min=1e-30) ** (-1.0 / order)
+            low = torch.where(accept, 1.0, control.dfactor)
+            high = torch.where(accept, control.ifactor, 1.0)
             factor = torch.minimum(torch.maximum(factor.nan_to_num(0.0), low), high)
             stats.n_accepted += accept.long()
             stats.n_rejected += (active & ~accept).long()

@@ -234,6 +234,19 @@ class Problem:
         _check_derivative(f0, self.layout, like)
         return self.layout.flatten(f0)
 
+    @property
+    def max_num_steps(self) -> int:
+        """The bound on attempted steps (option ``max_num_steps``)."""
+        return self.options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+
+    def adaptive_controller(self) -> IController:
+        """A fresh step-size controller as the options configure it (default: I control)."""
+        options = self.options
+        return CONTROLLERS[options.get("controller", "I")](
+            error_order=self.tableau.error_order,
+            **{k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options},
+        )
+
     def loop(self, y0: torch.Tensor, f0: torch.Tensor) -> StepLoop:
         """A step loop from the flat ``y0`` with f0 = f(t[0], y0), set up from the options."""
         options = self.options
@@ -244,10 +257,7 @@ class Problem:
             controller = FixedGrid(grid)
             first_dt = controller.first_dt(self.times[0])
         else:
-            controller = CONTROLLERS[options.get("controller", "I")](
-                error_order=self.tableau.error_order,
-                **{k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options},
-            )
+            controller = self.adaptive_controller()
             first_dt = options.get("first_step") or initial_step_size(
                 self.field,
                 self.times[0],
@@ -266,7 +276,7 @@ class Problem:
             controller,
             abs(float(first_dt)),
             self.tolerance,
-            options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS),
+            self.max_num_steps,
         )
 
     def solve(self, y0: torch.Tensor | None = None) -> torch.Tensor:

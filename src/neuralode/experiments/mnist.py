@@ -31,6 +31,8 @@ from .common import (
 MODELS = ("odenet", "anode", "resnet", "rknet", "mlp")
 ADAPTIVE_MODELS = ("odenet", "anode")
 """Models whose ODE block is solved adaptively (``--tol`` and ``--gradient`` apply)."""
+SOLVING_MODELS = (*ADAPTIVE_MODELS, "rknet")
+"""Models with an ODE block (they report NFE and a gradient mode)."""
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from ..training import resolve_device
 from .mnist import (
     ADAPTIVE_MODELS,
     MODELS,
+    SOLVING_MODELS,
     classification_loss,
     load_model,
     model_kwargs,
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds_per_step": last["seconds"] / epochs[0]["step"],
             "nfe_forward": last["nfe_forward"],
             "nfe_backward": last["nfe_backward"],
-            "gradient": gradient if name in (*ADAPTIVE_MODELS, "rknet") else "—",
+            "gradient": gradient if name in SOLVING_MODELS else "—",
             "memory_mib": training_step_memory(name, gradient, torch.get_num_threads()),
         }
         rows.append(row)
@@ -199,7 +200,7 @@ def format_table(rows: list[dict], sweep: list[dict], test_images: int) -> str:
     for r in rows:
         paper = PAPER[r["model"]]
         paper_error, paper_params = (f"{paper[0]:.2f}%", paper[1]) if paper else ("—", "—")
-        solves = r["model"] in (*ADAPTIVE_MODELS, "rknet")
+        solves = r["model"] in SOLVING_MODELS
         nfe = f"{r['nfe_forward']:.1f} | {r['nfe_backward']:.1f}" if solves else "— | —"
         lines.append(
             f"| {r['model']} | {r['test_error']:.2f}% | {paper_error} | {r['parameters']:,} | "

@@ -231,7 +231,6 @@ class Trainer:
             )
         self.distributed = distributed or Distributed()
         self.distributed.check_batch_size(train_data.batch_size)
-        self.is_main = self.distributed.is_main
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -248,6 +247,11 @@ class Trainer:
         self._loss = self._loss_module(_LossModule(self.model, loss_fn))
         self._at_boundary = True  # False while a step or an epoch end is changing the state
         self._last_save = time.monotonic()
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process prints and writes files (rank 0)."""
+        return self.distributed.is_main
 
     def _loss_module(self, loss: _LossModule) -> nn.Module:
         """``loss`` itself on one process; with several ranks, wrapped in
