@@ -118,7 +118,7 @@ def test_unknown_option() -> None:
 
 def test_unknown_adaptive_option() -> None:
     message = (
-        "unknown option 'atol' for method 'dopri5'; valid options are: controller, dfactor, "
+        "unknown option 'atol' for method 'dopri5'; valid options are: compile, controller, dfactor, "
         "first_step, grid, ifactor, max_num_steps, norm, per_sample, safety, step_size"
     )
     with raises(ODEInputError, message):

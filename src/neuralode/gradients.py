@@ -202,6 +202,7 @@ class Adjoint:
 
         options = dict(problem.options if self.options is None else self.options)
         options.pop("per_sample", None)  # the backward state [y, a, g] is not per sample
+        options.pop("compile", None)  # its vector-Jacobian products need eager autograd
         method = self.method or problem.tableau.name
         if METHODS.get(method, problem.tableau).adaptive:
             options["norm"] = _augmented_norm(options.get("norm"), size)

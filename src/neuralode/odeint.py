@@ -101,8 +101,9 @@ def odeint(
             (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
             ``max_num_steps`` (100000), ``norm`` (callable on the scaled error, default RMS),
             ``controller`` (``"I"`` or ``"PI"``), ``per_sample`` (True: every sample of a
-            (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1) tensor; see
-            :mod:`neuralode.integrate_per_sample`).
+            (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1) tensor),
+            ``compile`` (True: the whole solve as one ``torch.compile``'d call; see
+            :mod:`neuralode.row_solve`).
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.

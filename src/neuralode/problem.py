@@ -15,7 +15,7 @@ import torch
 
 from .errors import ODEInputError
 from .integrate import StepLoop, Tolerance, initial_step_size, integrate
-from .integrate_per_sample import solve_per_sample
+from .row_solve import solve_rows
 from .solvers.controller import CONTROLLERS, FixedGrid, IController
 from .solvers.methods import DEFAULT_METHOD, METHODS
 from .solvers.tableau import Tableau
@@ -32,6 +32,7 @@ ADAPTIVE_OPTIONS = {
     "norm",
     "controller",
     "per_sample",
+    "compile",
 }
 DEFAULT_MAX_NUM_STEPS = 100_000
 
@@ -283,8 +284,14 @@ class Problem:
         """States at ``times``, shape (len(times), N), from the flat ``y0`` (default: the
         problem's own), differentiable by backpropagation through the steps."""
         y0 = self.y0 if y0 is None else y0
+        if self.options.get("compile"):
+            return solve_rows(self, y0, bool(self.options.get("per_sample")), compiled=True)
+        return self.solve_eagerly(y0)
+
+    def solve_eagerly(self, y0: torch.Tensor) -> torch.Tensor:
+        """:meth:`solve` by the Python step loop (whatever the option ``compile``)."""
         if self.options.get("per_sample"):
-            return solve_per_sample(self, y0)
+            return solve_rows(self, y0, per_sample=True, compiled=False)
         f0 = self.first_derivative(y0)
         if len(self.times) == 1:
             return y0[None]
