@@ -25,5 +25,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
+	$(BIN)/pip install --quiet -e ".[bench-jax]"
+	$(BIN)/python benchmarks/bench_speed.py
 	$(BIN)/python benchmarks/bench_solvers.py
 	$(BIN)/python benchmarks/bench_gradients.py

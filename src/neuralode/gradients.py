@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -185,24 +185,23 @@ class Adjoint:
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times."""
         size = problem.y0.numel()
-        layout, user_func = problem.layout, problem.field.func
+        options = dict(problem.options if self.options is None else self.options)
+        options.pop("per_sample", None)  # the backward state [y, a, g] is not per sample
+        vector_jacobian = _functional_vjp(problem, params) if options.get("compile") else None
+        if vector_jacobian is None:
+            options.pop("compile", None)  # autograd.grad cannot be traced into the loop
+            vector_jacobian = _autograd_vjp(problem, params)
 
         def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            with torch.enable_grad():
-                y = s[:size].detach().requires_grad_(True)
-                f = layout.flatten(user_func(t, layout.unflatten(y)))
-                vjps = torch.autograd.grad(f, (y, *params), -s[size : 2 * size], allow_unused=True)
+            f, vjps = vector_jacobian(t, s[:size], -s[size : 2 * size])
             return torch.cat(
-                [f.detach()]
+                [f]
                 + [
                     torch.zeros_like(p).reshape(-1) if v is None else v.reshape(-1)
-                    for v, p in zip(vjps, (y, *params), strict=True)
+                    for v, p in zip(vjps, (f, *params), strict=True)
                 ]
             )
 
-        options = dict(problem.options if self.options is None else self.options)
-        options.pop("per_sample", None)  # the backward state [y, a, g] is not per sample
-        options.pop("compile", None)  # its vector-Jacobian products need eager autograd
         method = self.method or problem.tableau.name
         if METHODS.get(method, problem.tableau).adaptive:
             options["norm"] = _augmented_norm(options.get("norm"), size)
@@ -219,6 +218,50 @@ class Adjoint:
             self.method or problem.tableau.name,
             options,
         )
+
+
+VectorJacobian = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, Sequence[torch.Tensor | None]],
+]
+"""(t, y, v) → (f(t, y), (vᵀ ∂f/∂y, vᵀ ∂f/∂θ for each parameter)) on flat y."""
+
+
+def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian:
+    """Vector-Jacobian products by torch.autograd.grad (any func, eager)."""
+    layout, func = problem.layout, problem.field.func
+
+    def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            f = layout.flatten(func(t, layout.unflatten(y)))
+            vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True)
+        return f.detach(), vjps
+
+    return vector_jacobian
+
+
+def _functional_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian | None:
+    """Vector-Jacobian products by torch.func.vjp, which torch.compile traces into the compiled
+    loop; only for an nn.Module func whose parameters are all the adjoint's (None otherwise)."""
+    layout, func = problem.layout, problem.field.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    names = {id(p): name for name, p in func.named_parameters()}
+    if not all(id(p) in names for p in params):
+        return None
+    param_names = [names[id(p)] for p in params]
+
+    def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
+        def call(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            bound = dict(zip(param_names, values, strict=True))
+            out = torch.func.functional_call(func, bound, (t, layout.unflatten(y)))
+            return layout.flatten(out)
+
+        f, pull_back = torch.func.vjp(call, y, *params)
+        return f, pull_back(v)
+
+    return vector_jacobian
 
 
 def _augmented_norm(norm: Any, size: int) -> Any:

@@ -17,6 +17,7 @@ clock of :class:`~neuralode.integrate.StepLoop` puts them. Step-size control run
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,12 +122,13 @@ class RowLoop:
         # compiled loop serves every interval and tolerance.
         first, last = self.bounds
         self.direction = 1.0 if last >= first else -1.0
-        self.t_end = self.times[-1].clone()
-        self.dense = torch.as_tensor(
-            self.tableau.dense.T, device=self.times.device
-        )  # (powers, basis)
         resolution = 10.0 * math.ulp(max(abs(first), abs(last), abs(last - first)))
-        self.resolution = torch.tensor(resolution, dtype=torch.float64, device=self.times.device)
+        # Separate tensors: views of one would alias inside the compiled loop.
+        self.t_end, self.resolution = (
+            torch.tensor(x, dtype=torch.float64, device=self.times.device)
+            for x in (last, resolution)
+        )
+        self.dense = _dense_weights(self.tableau, self.times.device)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -223,16 +225,22 @@ class RowLoop:
         accept: torch.Tensor,
     ) -> torch.Tensor:
         """Outputs with every output time in (t, t1] of an accepted step filled in from the
-        step's dense output."""
+        step's dense output (eagerly: only when some step passed one)."""
         direction, times, t = self.direction, self.times[:, None], carry.t[None]
         passed = accept & (direction * (times - t) > 0) & (direction * (t1 - times) >= 0)
-        theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
-        n_powers, n_basis = self.dense.shape
-        powers = torch.stack([theta ** (p + 1) for p in range(n_powers)], dim=-1)
-        weights = (powers @ self.dense).to(h.dtype)  # (T, R, basis)
-        stacked = torch.stack(basis[:n_basis])  # (basis, R, N)
-        values = carry.state[0] + h * torch.einsum("trs,srn->trn", weights, stacked)
-        return torch.where(passed[..., None], values, carry.outputs)
+
+        def fill(outputs: torch.Tensor) -> torch.Tensor:
+            theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
+            n_powers, n_basis = self.dense.shape
+            powers = torch.stack([theta ** (p + 1) for p in range(n_powers)], dim=-1)
+            weights = (powers @ self.dense).to(h.dtype)  # (T, R, basis)
+            stacked = torch.stack(basis[:n_basis])  # (basis, R, N)
+            values = carry.state[0] + h * torch.einsum("trs,srn->trn", weights, stacked)
+            return torch.where(passed[..., None], values, outputs)
+
+        if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
+            return fill(carry.outputs)
+        return fill(carry.outputs) if bool(passed.any()) else carry.outputs
 
     # -- before and after ------------------------------------------------------------------
 
@@ -255,11 +263,17 @@ class RowLoop:
             )
             return torch.minimum(100 * h0, h1)
 
-    def check(self, carry: Carry) -> None:
-        """Raise the error that stopped a loop short of the end (one host synchronisation)."""
+    def summary(self, carry: Carry) -> tuple[bool, int, int, int]:
+        """(every row reached the end, iterations, most accepted and most rejected steps of a
+        row), in one host synchronisation."""
+        behind = (self.direction * (self.t_end - carry.t) > 0).any()
+        counts = torch.cat([behind[None], carry.iterations[None], carry.counts[:2].amax(dim=1)])
+        behind, iterations, accepted, rejected = counts.tolist()
+        return not behind, iterations, accepted, rejected
+
+    def raise_stop(self, carry: Carry) -> None:
+        """Raise the error that stopped the loop short of the end."""
         behind = self.direction * (self.t_end - carry.t) > 0
-        if not bool(behind.any()):  # the one host synchronisation of a solve that finished
-            return
         if bool(carry.underflow.any()):
             row = int(carry.underflow.nonzero()[0])
             at = float(carry.t[row])
@@ -292,6 +306,12 @@ class RowLoop:
         while bool(self.running(carry)):
             carry = self.body(carry)
         return carry
+
+
+@functools.cache
+def _dense_weights(tableau: Tableau, device: torch.device) -> torch.Tensor:
+    """The dense-output polynomials' coefficients, (powers, basis), float64 on ``device``."""
+    return torch.as_tensor(tableau.dense.T, device=device)
 
 
 def _combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:

@@ -104,12 +104,16 @@ def solve_rows(
     first_dt = None
     if first is not None:
         first_dt = torch.full((rows,), abs(float(first)), dtype=torch.float64, device=y0.device)
+    kind = _kind(problem, per_sample) if compiled else None
+    if kind in _UNCOMPILABLE:  # failed before: do not pay for another attempt
+        return problem.solve_eagerly(y0)
     if compiled:
         try:
-            carry = Carry(*_compiled_run(_kind(problem, per_sample))(loop, y_rows, first_dt))
+            carry = Carry(*_compiled_run(kind)(loop, y_rows, first_dt))
         except Exception as error:
             if not _is_compile_failure(error):
                 raise
+            _UNCOMPILABLE.add(kind)
             reason = str(error).splitlines()[0] if str(error) else ""
             warnings.warn(
                 f"neuralode: the solve could not be compiled ({type(error).__name__}: "
@@ -122,8 +126,21 @@ def solve_rows(
         f0 = problem.first_derivative(y0).view(rows, -1)
         problem.stats.nfe -= 1  # counted with the others below
         carry = loop.solve(y_rows, f0, first_dt)
-    loop.check(carry)
-    _record_stats(problem, carry, per_sample, first_dt is None)
+    finished, iterations, most_accepted, most_rejected = loop.summary(carry)
+    if not finished:
+        loop.raise_stop(carry)
+    tableau, stats = problem.tableau, problem.stats
+    # Per iteration the field is evaluated stages - 1 times (FSAL) or stages times; before the
+    # loop, f0 and (without first_step) the starting-step heuristic's one evaluation.
+    per_iteration = tableau.stages - 1 if tableau.fsal else tableau.stages
+    before = 2 if first_dt is None else 1
+    stats.nfe += before + iterations * per_iteration
+    stats.n_accepted += most_accepted
+    stats.n_rejected += most_rejected
+    if per_sample:
+        accepted, rejected = carry.accepted, carry.rejected
+        nfe = before + (accepted + rejected) * per_iteration
+        stats.per_sample = PerSampleStats(nfe, accepted, rejected)
     return carry.outputs.reshape(len(problem.times), -1)
 
 
@@ -180,6 +197,8 @@ def _backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], cpp_wrappe
     if on_cpu:
         decompositions.update(_small_matmul_decompositions(inductor_table))
         patches = {"cpp_wrapper": cpp_wrapper, "cpp.use_decompose_tanh": True}
+    if not cpp_wrapper:  # the backward loop carries weight gradients in their own layout
+        patches["layout_optimization"] = False
     return compile_fx(graph, inputs, decompositions=decompositions, config_patches=patches)
 
 
@@ -213,31 +232,23 @@ def _small_matmul_decompositions(table: dict[Any, Any]) -> dict[Any, Any]:
     return {aten.mm.default: mm, aten.addmm.default: addmm, aten.bmm.default: bmm}
 
 
+_UNCOMPILABLE: set[Hashable] = set()
+"""Kinds of problem whose solve failed to compile (each is tried once per process)."""
+
+
 def _kind(problem: Problem, per_sample: bool) -> Hashable:
+    """What selects a compiled entry point: shapes, dtype, device, method, per-sample steps,
+    whether autograd records, and the vector field's class (or code)."""
     like = problem.y0
     shapes = tuple(tuple(shape) for shape in problem.layout.shapes)
+    func = problem.field.func
+    origin = getattr(func, "__code__", type(func))
     records_graph = torch.is_grad_enabled()
-    return (shapes, like.dtype, like.device, problem.tableau.name, per_sample, records_graph)
+    return (
+        shapes, like.dtype, like.device, problem.tableau.name, per_sample, origin, records_graph
+    )  # fmt: skip
 
 
 def _is_compile_failure(error: Exception) -> bool:
     module = type(error).__module__
     return module.startswith(("torch._dynamo", "torch._inductor", "torch.fx"))
-
-
-def _record_stats(problem: Problem, carry: Carry, per_sample: bool, sized_first: bool) -> None:
-    """Counters from the final carry: per iteration the field is evaluated stages - 1 times
-    (FSAL) or stages times, plus f0 and the starting-step heuristic's evaluation."""
-    tableau, stats = problem.tableau, problem.stats
-    per_iteration = tableau.stages - 1 if tableau.fsal else tableau.stages
-    extra = 2 if sized_first else 1
-    counts = torch.cat([carry.iterations[None], carry.counts[:2].amax(dim=1)])
-    iterations, most_accepted, most_rejected = counts.tolist()  # one host synchronisation
-    stats.nfe += extra + iterations * per_iteration
-    stats.n_accepted += most_accepted
-    stats.n_rejected += most_rejected
-    if per_sample:
-        accepted, rejected = carry.accepted, carry.rejected
-        stats.per_sample = PerSampleStats(
-            extra + (accepted + rejected) * per_iteration, accepted, rejected
-        )
