@@ -104,6 +104,30 @@ def _neuralode_counts(stats: neuralode.SolverStats, batch: int) -> tuple[float, 
     return float(stats.nfe * batch), float(stats.nfe), float(stats.n_steps)
 
 
+def raw_field(func: nn.Module, y0: torch.Tensor, calls: int) -> Contender:
+    """``calls`` back-to-back raw calls of the field: the floor of any solver with that NFE."""
+    t0 = torch.zeros(())
+
+    def run() -> None:
+        with torch.no_grad():
+            for _ in range(calls):
+                func(t0, y0)
+
+    return Contender("field", f"{calls} raw calls", run, lambda: (calls * y0.shape[0], calls, None))
+
+
+def compiled_call_floor(y0: torch.Tensor) -> Contender:
+    """One call of a torch.compile'd ``y + 1`` (inductor, C++ wrapper): what any compiled
+    call costs before it does any work."""
+    plus_one = torch.compile(lambda y: y + 1, fullgraph=True, options={"cpp_wrapper": True})
+
+    def run() -> object:
+        with torch.no_grad():
+            return plus_one(y0)
+
+    return Contender("torch.compile", "y + 1", run, lambda: (0.0, 0.0, None))
+
+
 def torchdiffeq_forward(func: nn.Module, y0: torch.Tensor, t: torch.Tensor) -> Contender:
     def run() -> torch.Tensor:
         with torch.no_grad():
@@ -404,6 +428,7 @@ def cases(quick: bool) -> dict[str, list[Contender]]:
         entries = [
             neuralode_forward(func, y0, t, {}, "eager"),
             neuralode_forward(func, y0, t, COMPILE, "compiled"),
+            raw_field(func, y0, 20),
         ]
         if torchdiffeq is not None:
             entries.append(torchdiffeq_forward(func, y0, t))
@@ -414,7 +439,7 @@ def cases(quick: bool) -> dict[str, list[Contender]]:
         return entries
 
     table = {
-        "MLP 2-64-2, batch 1": forward("mlp1", mlp, y1, t2, "mlp"),
+        "MLP 2-64-2, batch 1": [*forward("mlp1", mlp, y1, t2, "mlp"), compiled_call_floor(y1)],
         "MLP 2-64-2, batch 256": forward("mlp256", mlp, y256, t2, "mlp"),
         "conv 64ch 7x7, batch 32": forward("conv", conv, y_conv, t2, "conv"),
     }
@@ -439,7 +464,7 @@ def cases(quick: bool) -> dict[str, list[Contender]]:
         neuralode_gradient(mlp, y256, t2, "backprop", {}, "backprop, eager"),
         neuralode_gradient(mlp, y256, t2, "backprop", COMPILE, "backprop, compiled"),
         neuralode_gradient(mlp, y256, t2, "adjoint", {}, "adjoint, eager"),
-        neuralode_gradient(mlp, y256, t2, "adjoint", COMPILE, "adjoint, compiled forward"),
+        neuralode_gradient(mlp, y256, t2, "adjoint", COMPILE, "adjoint, compiled"),
         neuralode_gradient(mlp, y256, t2, "checkpoint", {}, "checkpoint, eager"),
     ]
     if torchdiffeq is not None:
@@ -455,7 +480,7 @@ def cases(quick: bool) -> dict[str, list[Contender]]:
     if not quick:
         steps = [
             mnist_step("adjoint, eager", "adjoint", {}),
-            mnist_step("adjoint, compiled forward", "adjoint", COMPILE),
+            mnist_step("adjoint, compiled", "adjoint", COMPILE),
             mnist_step("backprop, eager", "backprop", {}),
             mnist_step("backprop, compiled", "backprop", COMPILE),
         ]
@@ -511,6 +536,53 @@ def print_rows(rows: list[Row]) -> None:
               f"NFE {r.nfe_batch:7.0f} first {r.first_call_s:6.2f} s", flush=True)  # fmt: skip
 
 
+SUMMARY = [
+    # (label, case, variants per column: neuralode eager, compiled, torchdiffeq, torchode, diffrax)
+    ("MLP 2→64→2, batch 1", "MLP 2-64-2, batch 1",
+     ("eager", "compiled", "shared steps", "per-sample steps", "shared steps")),
+    ("MLP 2→64→2, batch 256", "MLP 2-64-2, batch 256",
+     ("eager", "compiled", "shared steps", "per-sample steps", "shared steps")),
+    ("conv 64 ch on 7×7, batch 32", "conv 64ch 7x7, batch 32",
+     ("eager", "compiled", "shared steps", "per-sample steps", "shared steps")),
+    ("Van der Pol ×256, shared steps", "Van der Pol, μ 0.1-10, 256 samples, t 0-10",
+     ("shared steps, eager", "shared steps, compiled", "shared steps", None, "shared steps")),
+    ("Van der Pol ×256, per-sample steps", "Van der Pol, μ 0.1-10, 256 samples, t 0-10",
+     ("per-sample steps, eager", "per-sample steps, compiled", None, "per-sample steps",
+      "per-sample steps (vmap)")),
+    ("MLP batch 256, forward + backward, backprop", "MLP 2-64-2, batch 256, forward + backward",
+     ("backprop, eager", "backprop, compiled", "backprop", "backprop", "recursive checkpoint")),
+    ("MLP batch 256, forward + backward, adjoint", "MLP 2-64-2, batch 256, forward + backward",
+     ("adjoint, eager", "adjoint, compiled", "adjoint", None, "backsolve")),
+    ("ODE-Net MNIST step, adjoint", "ODE-Net MNIST training step, batch 128",
+     ("adjoint, eager", "adjoint, compiled", "adjoint", None, None)),
+    ("ODE-Net MNIST step, backprop", "ODE-Net MNIST training step, batch 128",
+     ("backprop, eager", "backprop, compiled", None, None, None)),
+]  # fmt: skip
+SUMMARY_LIBRARIES = ("neuralode", "neuralode", "torchdiffeq", "torchode", "diffrax")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def summary(rows: list[Row]) -> list[str]:
+    """One line per case: time per call (ms) of each library's comparable variant."""
+    found = {(r.case, r.library, r.variant): r for r in rows}
+    lines = [
+        "| case (time per call, ms) | neuralode eager | neuralode compiled | torchdiffeq | "
+        "torchode | diffrax (JAX) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, case, variants in SUMMARY:
+        cells = []
+        for library, variant in zip(SUMMARY_LIBRARIES, variants, strict=True):
+            row = found.get((case, library, variant))
+            cells.append("—" if row is None else _ms(row.time_ms))
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: list[Row], env: dict[str, object]) -> str:
     lines = [
         "# Speed: neuralode eager and compiled vs torchdiffeq, torchode and diffrax",
@@ -527,7 +599,13 @@ def markdown(rows: list[Row], env: dict[str, object]) -> str:
         "over samples. diffrax's NFE are 6 × steps + 2 from its step counts; torchode counts "
         "its own",
         "- ×peer: the peer's time / this row's time (> 1: this row is faster), against that "
-        "peer's first row in the case",
+        "peer's first row in the case; field: 20 back-to-back raw calls of the vector field (the "
+        "NFE of our dopri5 solve), the floor of any solver taking that many evaluations; "
+        "torch.compile: one call of a compiled y + 1, the floor of any compiled call",
+        "",
+        "## Summary",
+        "",
+        *summary(rows),
         "",
     ]
     by_case: dict[str, list[Row]] = {}

@@ -104,23 +104,9 @@ def solve_rows(
     first_dt = None
     if first is not None:
         first_dt = torch.full((rows,), abs(float(first)), dtype=torch.float64, device=y0.device)
-    kind = _kind(problem, per_sample) if compiled else None
-    if kind in _UNCOMPILABLE:  # failed before: do not pay for another attempt
-        return problem.solve_eagerly(y0)
     if compiled:
-        try:
-            carry = Carry(*_compiled_run(kind)(loop, y_rows, first_dt))
-        except Exception as error:
-            if not _is_compile_failure(error):
-                raise
-            _UNCOMPILABLE.add(kind)
-            reason = str(error).splitlines()[0] if str(error) else ""
-            warnings.warn(
-                f"neuralode: the solve could not be compiled ({type(error).__name__}: "
-                f"{reason}); solving eagerly",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        carry = _solve_compiled(problem, per_sample, loop, y_rows, first_dt)
+        if carry is None:
             return problem.solve_eagerly(y0)
     else:
         f0 = problem.first_derivative(y0).view(rows, -1)
@@ -142,6 +128,34 @@ def solve_rows(
         nfe = before + (accepted + rejected) * per_iteration
         stats.per_sample = PerSampleStats(nfe, accepted, rejected)
     return carry.outputs.reshape(len(problem.times), -1)
+
+
+def _solve_compiled(
+    problem: Problem,
+    per_sample: bool,
+    loop: RowLoop,
+    y_rows: torch.Tensor,
+    first_dt: torch.Tensor | None,
+) -> Carry | None:
+    """The final carry of the compiled loop, or None (with a warning, once per kind of
+    problem) when it cannot be compiled."""
+    kind = _kind(problem, per_sample)
+    if kind in _UNCOMPILABLE:  # failed before: do not pay for another attempt
+        return None
+    try:
+        return Carry(*_compiled_run(kind)(loop, y_rows, first_dt))
+    except Exception as error:
+        if not _is_compile_failure(error):
+            raise
+        _UNCOMPILABLE.add(kind)
+        reason = str(error).splitlines()[0] if str(error) else ""
+        warnings.warn(
+            f"neuralode: the solve could not be compiled ({type(error).__name__}: {reason}); "
+            "solving eagerly",
+            RuntimeWarning,
+            stacklevel=7,  # the caller of odeint
+        )
+        return None
 
 
 def check_per_sample(problem: Problem) -> None:

@@ -31,7 +31,8 @@ class SolverStats:
         nfe: evaluations of the vector field (the initial-step heuristic's included).
         n_accepted: accepted steps.
         n_rejected: rejected steps (always 0 for fixed-step solves).
-        last_dt: size of the last accepted step, in units of t (NaN before any step).
+        last_dt: size of the last accepted step, in units of t (NaN before any step, and
+            for row-loop solves: per-sample or compiled).
         backward_nfe: evaluations in the backward pass (adjoint solves or checkpoint
             recomputation; each adjoint evaluation is one vector-Jacobian product). Filled in
             when the gradient is computed.
