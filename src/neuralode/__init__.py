@@ -10,6 +10,7 @@ from .errors import (
     SolverError,
     StepSizeUnderflowError,
 )
+from .events import EventNotFoundError, odeint_event
 from .gradients import Adjoint, Backprop, Checkpointed
 from .odeint import odeint, odeint_adjoint
 from .solvers import METHODS
@@ -22,6 +23,7 @@ __all__ = [
     "Adjoint",
     "Backprop",
     "Checkpointed",
+    "EventNotFoundError",
     "MaxStepsExceededError",
     "NonFiniteStateError",
     "ODEInputError",
@@ -30,4 +32,5 @@ __all__ = [
     "StepSizeUnderflowError",
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
 ]

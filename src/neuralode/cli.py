@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .experiments import (
     augmented,
+    bouncing_ball,
     cnf,
     cnf_report,
     latent,
@@ -44,6 +45,12 @@ COMMANDS: dict[str, Command] = {
         description=spiral_demo.__doc__ or "",
         add_arguments=spiral_demo.add_arguments,
         run=spiral_demo.run,
+    ),
+    "bouncing-ball": Command(
+        help="fit gravity and restitution to a bouncing ball's bounce times (events, ~1 min)",
+        description=bouncing_ball.__doc__ or "",
+        add_arguments=bouncing_ball.add_arguments,
+        run=bouncing_ball.run,
     ),
     "augmented": Command(
         help="plain vs augmented vs input-conditioned Neural ODEs on a 1-D swap and 2-D circles",

@@ -136,7 +136,8 @@ class StepLoop:
         self.max_num_steps = max_num_steps
         self.coefficients = tableau.tensors(y0.dtype, y0.device)
         self.direction = 1.0 if times[-1] >= times[0] else -1.0
-        self.span = abs(times[-1] - times[0])
+        span = abs(times[-1] - times[0])
+        self.span = span if math.isfinite(span) else 0.0  # (an open-ended solve: t itself)
         # States are (1, N) rows inside the loop: each stage is one row-times-matrix product.
         self.t, self.y, self.dt = times[0], y0.view(1, -1), first_dt
         self.f = None if f0 is None else f0.view(1, -1)
@@ -155,9 +156,12 @@ class StepLoop:
         self.controller = copy.copy(checkpoint.controller)
         self.y, self.f = y, None
 
-    def run(self, max_accepted: int | None = None) -> list[torch.Tensor]:
-        """Take steps until the end (or ``max_accepted`` accepted steps); return the states at
-        the output times passed, as (m, N) blocks in time order."""
+    def run(
+        self, max_accepted: int | None = None, watch: Callable[[AcceptedStep], bool] | None = None
+    ) -> list[torch.Tensor]:
+        """Take steps until the end (or ``max_accepted`` accepted steps, or until ``watch``,
+        shown each accepted step, returns True); return the states at the output times
+        passed, as (m, N) blocks in time order."""
         times, t_end, direction = self.times, self.times[-1], self.direction
         controller, stats = self.controller, self.field.stats
         needs_error = controller.needs_error
@@ -170,7 +174,7 @@ class StepLoop:
                 self._raise_max_steps(t)
             t1 = t + direction * dt
             target = times[next_output]
-            if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target):
+            if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target) < math.inf:
                 # Land exactly on the end (never step past it) or on an output time rounding missed.
                 t1 = t_end if direction * (t1 - t_end) >= 0 else target
             step = t1 - t
@@ -194,6 +198,13 @@ class StepLoop:
             stats.last_dt = abs(step)
             accepted += 1
             f1 = k[-1:] if self.tableau.fsal else None
+            if watch is not None:
+                accepted_step = AcceptedStep(self, t, y, t1, y1, k, f1)
+                stop = watch(accepted_step)
+                f1 = accepted_step.end_derivative  # evaluated by the watcher, perhaps
+                if stop:
+                    self.t, self.y, self.f, self.dt = t1, y1, f1, dt_next
+                    return outputs
             first = next_output
             while next_output < len(times) and direction * (times[next_output] - t1) <= 0:
                 next_output += 1
@@ -277,6 +288,32 @@ class StepLoop:
             "problem may be stiff or the vector field singular or discontinuous there",
             t,
         )
+
+
+@dataclass
+class AcceptedStep:
+    """One accepted step from (t, y) to (t1, y1), (1, N) states, as a watcher of
+    :meth:`StepLoop.run` sees it, with its stages k (S, N) for the dense output."""
+
+    loop: StepLoop
+    t: float
+    y: torch.Tensor
+    t1: float
+    y1: torch.Tensor
+    k: torch.Tensor
+    end_derivative: torch.Tensor | None  # f(t1, y1) if the method evaluated it
+
+    @property
+    def f1(self) -> torch.Tensor:
+        """dy/dt at the step's end, (1, N) (evaluated once, if the method has not)."""
+        if self.end_derivative is None:
+            self.end_derivative = self.loop.field(self.t1, self.y1)
+        return self.end_derivative
+
+    def at(self, times: list[float]) -> torch.Tensor:
+        """The dense output at ``times`` inside the step: (len(times), N)."""
+        step = self.t1 - self.t
+        return self.loop._interpolate(self.t, self.y, self.k, self.f1, step, times)
 
 
 def integrate(loop: StepLoop) -> torch.Tensor:

@@ -12,6 +12,8 @@ from .problem import Problem, make_problem
 from .state import State, VectorFieldFn
 from .stats import SolverStats
 
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9  # torchdiffeq's
+
 
 class _StartTimeGradient(torch.autograd.Function):
     """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩.
@@ -74,8 +76,8 @@ def odeint(
     func: VectorFieldFn,
     y0: State,
     t: torch.Tensor,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor = DEFAULT_RTOL,
+    atol: float | torch.Tensor = DEFAULT_ATOL,
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     *,
@@ -130,8 +132,8 @@ def odeint_adjoint(
     func: VectorFieldFn,
     y0: State,
     t: torch.Tensor,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
+    rtol: float | torch.Tensor = DEFAULT_RTOL,
+    atol: float | torch.Tensor = DEFAULT_ATOL,
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     adjoint_rtol: float | None = None,
