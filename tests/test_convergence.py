@@ -45,6 +45,7 @@ STEP_SIZES = {
     "dopri5": [0.05, 0.025, 0.0125],
     "tsit5": [0.05, 0.025, 0.0125],
     "dopri8": [0.1, 0.05, 0.025],
+    "rosenbrock23": [0.02, 0.01, 0.005],
 }
 PROBLEMS = {"dopri8": (riccati, riccati_exact, 1.0)}
 

@@ -272,7 +272,7 @@ class StepLoop:
             f"max_num_steps={self.max_num_steps} exceeded at t={t:.6g} (integrating from "
             f"t={self.times[0]:.6g} to t={self.times[-1]:.6g}) after {self.field.stats.nfe} "
             "function evaluations; raise options={'max_num_steps': ...}, loosen rtol/atol, or "
-            "use a solver for stiff problems",
+            "use method='rosenbrock23' if the problem is stiff",
             t,
         )
 

@@ -295,8 +295,8 @@ class RowLoop:
         raise MaxStepsExceededError(
             f"max_num_steps={self.max_num_steps} exceeded at t={at:.6g} (integrating from "
             f"t={self.bounds[0]:.6g} to t={self.bounds[1]:.6g}); raise "
-            "options={'max_num_steps': ...}, loosen rtol/atol, or use a solver for stiff "
-            "problems",
+            "options={'max_num_steps': ...}, loosen rtol/atol, or use method='rosenbrock23' if "
+            "the problem is stiff",
             at,
         )
 

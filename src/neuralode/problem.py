@@ -15,9 +15,11 @@ import torch
 
 from .errors import ODEInputError
 from .integrate import StepLoop, Tolerance, initial_step_size, integrate
+from .integrate_implicit import RosenbrockLoop
 from .row_solve import solve_rows
 from .solvers.controller import CONTROLLERS, FixedGrid, IController
 from .solvers.methods import DEFAULT_METHOD, METHODS
+from .solvers.rosenbrock import RosenbrockMethod
 from .solvers.tableau import Tableau
 from .state import FlatVectorField, State, StateLayout, VectorFieldFn
 from .stats import SolverStats
@@ -165,6 +167,12 @@ def _check_options(options: Mapping[str, Any], tableau: Tableau) -> None:
         raise ODEInputError(
             f"unknown controller {controller!r}; valid controllers are: {', '.join(CONTROLLERS)}"
         )
+    row_options = sorted({"per_sample", "compile"} & {k for k, v in options.items() if v})
+    if tableau.implicit and row_options:
+        raise ODEInputError(
+            f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
+            "steps the whole state with one Jacobian, eagerly"
+        )
     max_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ODEInputError(f"option 'max_num_steps' must be a positive integer, got {max_steps!r}")
@@ -268,7 +276,8 @@ class Problem:
                 self.tolerance,
                 direction,
             )
-        return StepLoop(
+        loop_class = RosenbrockLoop if isinstance(self.tableau, RosenbrockMethod) else StepLoop
+        return loop_class(
             self.field,
             y0,
             f0,

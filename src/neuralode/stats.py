@@ -37,6 +37,8 @@ class SolverStats:
             recomputation; each adjoint evaluation is one vector-Jacobian product). Filled in
             when the gradient is computed.
         backward_steps: attempted steps in the backward pass.
+        n_jacobians: Jacobians ∂f/∂y evaluated (implicit methods; each costs about N + 1
+            evaluations of f, in forward-mode products).
         per_sample: per-sample counters when the solve took steps per sample (then ``nfe``
             counts evaluations of the field on the whole batch, and the step counts are those
             of the sample that took the most).
@@ -48,6 +50,7 @@ class SolverStats:
     last_dt: float = math.nan
     backward_nfe: int = 0
     backward_steps: int = 0
+    n_jacobians: int = 0
     per_sample: PerSampleStats | None = None
 
     @property

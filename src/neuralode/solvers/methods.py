@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
+from .rosenbrock import ROSENBROCK23
 from .tableau import Tableau
 
 
@@ -343,6 +344,17 @@ DOPRI8 = Tableau(
 
 METHODS: dict[str, Tableau] = {
     tableau.name: tableau
-    for tableau in (EULER, MIDPOINT, HEUN2, RK4, ADAPTIVE_HEUN, BOSH3, DOPRI5, TSIT5, DOPRI8)
+    for tableau in (
+        EULER,
+        MIDPOINT,
+        HEUN2,
+        RK4,
+        ADAPTIVE_HEUN,
+        BOSH3,
+        DOPRI5,
+        TSIT5,
+        DOPRI8,
+        ROSENBROCK23,
+    )
 }
 DEFAULT_METHOD = "dopri5"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ class Tableau:
     c_mid: tuple[float, ...] | None = None
     dense_basis: tuple[tuple[float, ...], ...] | None = None
     dense: np.ndarray = field(init=False, repr=False, compare=False)
+    implicit: ClassVar[bool] = False  # an explicit Runge–Kutta method
 
     def __post_init__(self) -> None:
         stages = len(self.c)
