@@ -101,13 +101,17 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
     return statistics.median(times) * 1e3, result
 
 
-def neuralode_row(problem: Problem, rtol: float, atol: float, exact: np.ndarray) -> Row:
+def neuralode_row(
+    problem: Problem, rtol: float, atol: float, exact: np.ndarray, options: dict | None = None
+) -> Row:
     y0 = torch.tensor(problem.y0, dtype=torch.float64)
     t = torch.tensor(problem.t, dtype=torch.float64)
 
     def solve() -> tuple[torch.Tensor, neuralode.SolverStats]:
-        return neuralode.odeint(problem.torch_field, y0, t, rtol=rtol, atol=atol,
-                                method="rosenbrock23", return_stats=True)  # fmt: skip
+        return neuralode.odeint(
+            problem.torch_field, y0, t, rtol=rtol, atol=atol, method="rosenbrock23",
+            options=options, return_stats=True,
+        )  # fmt: skip
 
     ms, (ys, stats) = timed(solve)
     # One LU per attempted step (a rejected step's retry refactors W with the new h).
@@ -126,6 +130,14 @@ def scipy_row(problem: Problem, method: str, rtol: float, atol: float, exact: np
                solution.nlu, None, None, float(np.abs(solution.y.T - exact).max()))  # fmt: skip
 
 
+def reuse_row(problem: Problem, rtol: float, atol: float, exact: np.ndarray) -> Row:
+    """rosenbrock23 with each Jacobian serving up to 10 accepted steps (a W-method keeps its
+    order so; the default is a fresh one per step)."""
+    row = neuralode_row(problem, rtol, atol, exact, {"jacobian_every": 10})
+    row.solver += ", jacobian_every=10"
+    return row
+
+
 def dopri5_row(problem: Problem, rtol: float, atol: float) -> Row:
     y0 = torch.tensor(problem.y0, dtype=torch.float64)
     t = torch.tensor(problem.t, dtype=torch.float64)
@@ -139,6 +151,33 @@ def dopri5_row(problem: Problem, rtol: float, atol: float) -> Row:
     ms = (time.perf_counter() - start) * 1e3
     return Row(problem.name, rtol, atol, "neuralode dopri5 (explicit)", ms, None, None, None,
                None, None, None, note)  # fmt: skip
+
+
+def batch_rows(batch: int = 128) -> list[Row]:
+    """``batch`` Robertson systems with rate constants spread over 0.01-0.08 in one (B, 3)
+    state: the full (3B × 3B) Jacobian against B diagonal blocks (3 + 1 products)."""
+    rates = torch.linspace(0.01, 0.08, batch, dtype=torch.float64)[:, None]
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y1, y2, y3 = y[:, :1], y[:, 1:2], y[:, 2:]
+        return torch.cat([-rates * y1 + 1e4 * y2 * y3,
+                          rates * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], 1)  # fmt: skip
+
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).expand(batch, 3).clone()
+    t = torch.tensor([0.0, 1.0, 100.0, 1e4], dtype=torch.float64)
+    rows = []
+    for jacobian in ("full", "per_sample"):
+
+        def solve(jacobian: str = jacobian) -> tuple[torch.Tensor, neuralode.SolverStats]:
+            return neuralode.odeint(field, y0, t, rtol=1e-6, atol=1e-10, method="rosenbrock23",
+                                    options={"jacobian": jacobian}, return_stats=True)  # fmt: skip
+
+        ms, (_, stats) = timed(solve)
+        rows.append(Row(f"Robertson ×{batch} (rates 0.01-0.08), t 0-1e4", 1e-6, 1e-10,
+                        f"neuralode rosenbrock23, jacobian={jacobian!r}", ms, stats.nfe,
+                        stats.n_jacobians, stats.n_steps, stats.n_accepted, stats.n_rejected,
+                        None))  # fmt: skip
+    return rows
 
 
 def markdown(rows: list[Row], env: dict[str, object]) -> str:
@@ -181,8 +220,10 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(neuralode_row(problem, rtol, atol, exact))
             rows += [scipy_row(problem, method, rtol, atol, exact) for method in ("Radau", "BDF")]
             print(*(asdict(r) for r in rows[-3:]), sep="\n", flush=True)
+        rows.append(reuse_row(problem, *problem.tolerances[-1], exact))
         rows.append(dopri5_row(problem, *problem.tolerances[-1]))
         print(asdict(rows[-1]), flush=True)
+    rows += batch_rows()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stiff.md").write_text(markdown(rows, env))
     payload = {"environment": env, "rows": [asdict(r) for r in rows]}

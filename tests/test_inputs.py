@@ -119,7 +119,8 @@ def test_unknown_option() -> None:
 def test_unknown_adaptive_option() -> None:
     message = (
         "unknown option 'atol' for method 'dopri5'; valid options are: compile, controller, "
-        "dfactor, first_step, grid, ifactor, max_num_steps, norm, per_sample, safety, step_size"
+        "dfactor, first_step, grid, ifactor, jacobian, jacobian_every, max_num_steps, norm, "
+        "per_sample, safety, step_size"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, options={"atol": 1e-3})

@@ -4,9 +4,14 @@ linearly implicit step.
 Each attempted step factorises W = I − h d J once (LU) and solves three linear systems. The
 Jacobian J = ∂f/∂y and T = ∂f/∂t come from autograd (``torch.func.jacfwd``: N + 1
 forward-mode products, batched by vmap) and are reused across steps, which a W-method allows
-without losing order: a new one is computed after a rejected step (the old one may be what
-failed) and otherwise every ``JACOBIAN_EVERY`` accepted steps. Autograd records the steps,
-so backpropagation through the solve works as for the explicit methods.
+without losing order, though its error estimate suffers: by default a new J is computed every
+accepted step and reused only by the retries of a rejected one (same point);
+``options={"jacobian_every": k}`` lets one serve up to k accepted steps (a rejection still
+brings a fresh one). Which is faster depends on the problem (results/stiff.md). With
+``options={"jacobian": "per_sample"}`` a (B, ...) state is B independent systems: J is B
+diagonal blocks, costing n + 1 products (n features per sample) instead of B·n + 1, and W is
+factorised block by block. Autograd records the steps, so backpropagation through the solve
+works as for the explicit methods.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import torch
 from .integrate import StepLoop
 from .solvers.rosenbrock import RosenbrockMethod
 
-JACOBIAN_EVERY = 1  # accepted steps a Jacobian serves (the retries of a rejected step reuse it)
-
 
 class RosenbrockLoop(StepLoop):
     """A :class:`StepLoop` whose steps are Rosenbrock steps (``tableau`` a
     :class:`RosenbrockMethod`). Counts Jacobians in ``field.stats.n_jacobians``."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, blocks: int = 1, jacobian_every: int = 1, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.blocks = blocks  # independent diagonal blocks of J (1: the full Jacobian)
+        self.jacobian_every = jacobian_every  # accepted steps a Jacobian serves at most
         self._jacobian: tuple[torch.Tensor, torch.Tensor] | None = None
         self._jacobian_t: float | None = None
         self._uses = 0
@@ -36,13 +43,13 @@ class RosenbrockLoop(StepLoop):
         """k = (k1, k2, k3, F2), (4, N), of one step of size ``step`` from (t, y), and y1."""
         method = self.tableau
         assert isinstance(method, RosenbrockMethod)
-        jacobian, time_derivative = self._current_jacobian(t, y)
-        size = y.shape[1]
-        identity = torch.eye(size, dtype=y.dtype, device=y.device)
+        jacobian, time_derivative = self._current_jacobian(t, y)  # (blocks, n, n), (1, N)
+        blocks, n = jacobian.shape[:2]
+        identity = torch.eye(n, dtype=y.dtype, device=y.device)
         factors = torch.linalg.lu_factor(identity - (step * method.d) * jacobian)
 
         def solve(rhs: torch.Tensor) -> torch.Tensor:
-            return torch.linalg.lu_solve(*factors, rhs.T).T
+            return torch.linalg.lu_solve(*factors, rhs.view(blocks, n, 1)).view(1, -1)
 
         hdt = (step * method.d) * time_derivative
         k1 = solve(f + hdt)
@@ -61,19 +68,33 @@ class RosenbrockLoop(StepLoop):
             self._jacobian = None
         if not retry:
             self._uses += 1
-        if self._jacobian is None or self._uses > JACOBIAN_EVERY:
+        if self._jacobian is None or self._uses > self.jacobian_every:
             self._jacobian = self._evaluate_jacobian(t, y)
             self._jacobian_t, self._uses = t, 1
         return self._jacobian
 
     def _evaluate_jacobian(self, t: float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """J as (blocks, n, n) diagonal blocks and T = ∂f/∂t as (1, N), by n + 1 forward-mode
+        products: the j-th product's tangent is 1 at feature j of every block, which gives
+        column j of every block when the blocks are independent."""
         field = self.field
         layout = field.layout
-
-        def flat(time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            return layout.flatten(field.func(time, layout.unflatten(state)))
-
         time = torch.tensor(t, dtype=y.dtype, device=y.device)
-        jacobian, time_derivative = torch.func.jacfwd(flat, argnums=(1, 0))(time, y.view(-1))
+        state = y.reshape(-1)
+        blocks = self.blocks
+        n = state.numel() // blocks
+
+        def flat(at: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return layout.flatten(field.func(at, layout.unflatten(x)))
+
+        def column(tangent: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(lambda x: flat(time, x), (state,), (tangent,))[1]
+
+        tangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :].expand(n, blocks, n)
+        columns = torch.func.vmap(column)(tangents.reshape(n, -1))  # (n, N)
+        jacobian = columns.view(n, blocks, n).permute(1, 2, 0)
+        _, time_derivative = torch.func.jvp(
+            lambda at: flat(at, state), (time,), (torch.ones_like(time),)
+        )
         field.stats.n_jacobians += 1
         return jacobian, time_derivative.view(1, -1)

@@ -35,6 +35,8 @@ ADAPTIVE_OPTIONS = {
     "controller",
     "per_sample",
     "compile",
+    "jacobian",
+    "jacobian_every",
 }
 DEFAULT_MAX_NUM_STEPS = 100_000
 
@@ -173,9 +175,25 @@ def _check_options(options: Mapping[str, Any], tableau: Tableau) -> None:
             f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
             "steps the whole state with one Jacobian, eagerly"
         )
+    _check_jacobian_option(options, tableau)
     max_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ODEInputError(f"option 'max_num_steps' must be a positive integer, got {max_steps!r}")
+
+
+def _check_jacobian_option(options: Mapping[str, Any], tableau: Tableau) -> None:
+    for key in sorted({"jacobian", "jacobian_every"} & set(options)):
+        if not tableau.implicit:
+            raise ODEInputError(
+                f"option {key!r} is for implicit methods (rosenbrock23), not {tableau.name!r}"
+            )
+    every = options.get("jacobian_every", 1)
+    if not isinstance(every, int) or every < 1:
+        raise ODEInputError(f"option 'jacobian_every' must be a positive integer, got {every!r}")
+    if options.get("jacobian", "full") not in ("full", "per_sample"):
+        raise ODEInputError(
+            f"option 'jacobian' must be 'full' or 'per_sample', got {options['jacobian']!r}"
+        )
 
 
 def _grid(options: Mapping[str, Any], times: list[float], adaptive: bool) -> list[float] | None:
@@ -276,7 +294,14 @@ class Problem:
                 self.tolerance,
                 direction,
             )
-        loop_class = RosenbrockLoop if isinstance(self.tableau, RosenbrockMethod) else StepLoop
+        extra: dict[str, int] = {}
+        if isinstance(self.tableau, RosenbrockMethod):
+            per_sample = options.get("jacobian", "full") == "per_sample"
+            extra = {
+                "blocks": self.layout.shapes[0][0] if per_sample else 1,
+                "jacobian_every": options.get("jacobian_every", 1),
+            }
+        loop_class = RosenbrockLoop if extra else StepLoop
         return loop_class(
             self.field,
             y0,
@@ -287,6 +312,7 @@ class Problem:
             abs(float(first_dt)),
             self.tolerance,
             self.max_num_steps,
+            **extra,
         )
 
     def solve(self, y0: torch.Tensor | None = None) -> torch.Tensor:
