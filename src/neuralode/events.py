@@ -109,6 +109,7 @@ def _find_event(
     )
     if not problem.tableau.adaptive and not math.isfinite(horizon):
         raise ODEInputError("a fixed-step method needs t_max to find an event")
+    # Checked with a finite end; the search itself runs to the horizon, which may be ±inf.
     problem = dataclasses.replace(problem, times=[start, horizon])
     crossing = _Crossing(event_fn, problem.layout, like, start, problem.y0)
     loop = problem.loop(problem.y0, problem.first_derivative(problem.y0))

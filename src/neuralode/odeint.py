@@ -105,7 +105,8 @@ def odeint(
             ``controller`` (``"I"`` or ``"PI"``), ``per_sample`` (True: every sample of a
             (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1) tensor),
             ``compile`` (True: the whole solve as one ``torch.compile``'d call; see
-            :mod:`neuralode.row_solve`).
+            :mod:`neuralode.row_solve`). ``rosenbrock23`` also: ``jacobian`` (``"full"`` or
+            ``"per_sample"``: B independent systems) and ``jacobian_every`` (1).
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.
