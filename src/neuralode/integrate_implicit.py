@@ -2,14 +2,15 @@
 linearly implicit step.
 
 Each attempted step factorises W = I − h d J once (LU) and solves three linear systems. The
-Jacobian J = ∂f/∂y and T = ∂f/∂t come from autograd (``torch.func.jacfwd``: N + 1
-forward-mode products, batched by vmap) and are reused across steps, which a W-method allows
-without losing order, though its error estimate suffers: by default a new J is computed every
+Jacobian J = ∂f/∂y comes from autograd (N reverse-mode products, cheaper on small fields than
+vmapped forward-mode ones) and T = ∂f/∂t from a forward difference, as in ode23s. J may be
+reused across steps, which a W-method allows without losing order, though its error estimate
+suffers: by default a new J is computed every
 accepted step and reused only by the retries of a rejected one (same point);
 ``options={"jacobian_every": k}`` lets one serve up to k accepted steps (a rejection still
 brings a fresh one). Which is faster depends on the problem (results/stiff.md). With
 ``options={"jacobian": "per_sample"}`` a (B, ...) state is B independent systems: J is B
-diagonal blocks, costing n + 1 products (n features per sample) instead of B·n + 1, and W is
+diagonal blocks, costing n products (n features per sample) instead of B·n, and W is
 factorised block by block. Autograd records the steps, so backpropagation through the solve
 works as for the explicit methods.
 """
@@ -43,7 +44,7 @@ class RosenbrockLoop(StepLoop):
         """k = (k1, k2, k3, F2), (4, N), of one step of size ``step`` from (t, y), and y1."""
         method = self.tableau
         assert isinstance(method, RosenbrockMethod)
-        jacobian, time_derivative = self._current_jacobian(t, y)  # (blocks, n, n), (1, N)
+        jacobian, time_derivative = self._current_jacobian(t, y, f)  # (blocks, n, n), (1, N)
         blocks, n = jacobian.shape[:2]
         identity = torch.eye(n, dtype=y.dtype, device=y.device)
         factors = torch.linalg.lu_factor(identity - (step * method.d) * jacobian)
@@ -60,7 +61,9 @@ class RosenbrockLoop(StepLoop):
         k3 = solve(f1 - method.e32 * (k2 - f_mid) - 2.0 * (k1 - f) + hdt)
         return torch.cat([k1, k2, k3, f1]), y1
 
-    def _current_jacobian(self, t: float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _current_jacobian(
+        self, t: float, y: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(J, T) at (t, y), or the last ones while they may serve."""
         retry = self._last_attempt == t  # the previous attempt from here was rejected
         self._last_attempt = t
@@ -69,32 +72,43 @@ class RosenbrockLoop(StepLoop):
         if not retry:
             self._uses += 1
         if self._jacobian is None or self._uses > self.jacobian_every:
-            self._jacobian = self._evaluate_jacobian(t, y)
+            self._jacobian = self._evaluate_jacobian(t, y, f)
             self._jacobian_t, self._uses = t, 1
         return self._jacobian
 
-    def _evaluate_jacobian(self, t: float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """J as (blocks, n, n) diagonal blocks and T = ∂f/∂t as (1, N), by n + 1 forward-mode
-        products: the j-th product's tangent is 1 at feature j of every block, which gives
-        column j of every block when the blocks are independent."""
+    def _evaluate_jacobian(
+        self, t: float, y: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """J as (blocks, n, n) diagonal blocks and T = ∂f/∂t as (1, N).
+
+        J by n reverse-mode products: the i-th cotangent is 1 at feature i of every block,
+        which gives row i of every block when the blocks are independent (under autograd the
+        products are differentiable, so gradients see J's dependence on the parameters). T by
+        a forward difference, as ode23s does (one more evaluation; 0 for autonomous fields)."""
         field = self.field
         layout = field.layout
-        time = torch.tensor(t, dtype=y.dtype, device=y.device)
         state = y.reshape(-1)
         blocks = self.blocks
         n = state.numel() // blocks
 
-        def flat(at: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return layout.flatten(field.func(at, layout.unflatten(x)))
+        def flat(at: float, x: torch.Tensor) -> torch.Tensor:
+            time = torch.tensor(at, dtype=y.dtype, device=y.device)
+            return layout.flatten(field.func(time, layout.unflatten(x)))
 
-        def column(tangent: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(lambda x: flat(time, x), (state,), (tangent,))[1]
-
-        tangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :].expand(n, blocks, n)
-        columns = torch.func.vmap(column)(tangents.reshape(n, -1))  # (n, N)
-        jacobian = columns.view(n, blocks, n).permute(1, 2, 0)
-        _, time_derivative = torch.func.jvp(
-            lambda at: flat(at, state), (time,), (torch.ones_like(time),)
-        )
+        differentiable = torch.is_grad_enabled() and f.requires_grad  # f depends on parameters
+        with torch.enable_grad():
+            x = state if state.requires_grad else state.detach().requires_grad_(True)
+            out = flat(t, x)
+            cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
+            rows = []
+            for cotangent in cotangents.expand(n, blocks, n).reshape(n, -1):
+                (row,) = torch.autograd.grad(
+                    out, x, cotangent, retain_graph=True, create_graph=differentiable,
+                    allow_unused=True,
+                )  # fmt: skip
+                rows.append(torch.zeros_like(state) if row is None else row)
+        jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
+        delta = 1e-7 * max(abs(t), 1.0) if y.dtype == torch.float64 else 1e-3 * max(abs(t), 1.0)
+        time_derivative = (flat(t + delta, state) - f.view(-1)) / delta
         field.stats.n_jacobians += 1
         return jacobian, time_derivative.view(1, -1)

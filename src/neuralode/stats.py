@@ -37,8 +37,9 @@ class SolverStats:
             recomputation; each adjoint evaluation is one vector-Jacobian product). Filled in
             when the gradient is computed.
         backward_steps: attempted steps in the backward pass.
-        n_jacobians: Jacobians ∂f/∂y evaluated (implicit methods; each costs about N + 1
-            evaluations of f, in forward-mode products).
+        n_jacobians: Jacobians ∂f/∂y evaluated (implicit methods; each costs an evaluation of
+            f with its graph, one reverse-mode product per state feature, and one more
+            evaluation for ∂f/∂t).
         per_sample: per-sample counters when the solve took steps per sample (then ``nfe``
             counts evaluations of the field on the whole batch, and the step counts are those
             of the sample that took the most).
