@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from neuralode import MaxStepsExceededError, ODEInputError, odeint
+from neuralode import MaxStepsExceededError, ODEInputError, odeint, odeint_adjoint
 
 
 def robertson(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -128,6 +128,22 @@ def test_per_sample_jacobian_blocks_give_the_full_jacobian_solve() -> None:
     )  # fmt: skip
     torch.testing.assert_close(blocks, full, rtol=1e-10, atol=1e-14)
     assert not torch.allclose(full[-1, 0], full[-1, 1])  # the samples differ
+
+
+def test_adjoint_backward_refuses_the_implicit_method_and_takes_an_explicit_one() -> None:
+    k = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(1, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+
+    def decay(t, y):
+        return -k * y
+
+    with pytest.raises(ODEInputError, match=r"cannot use the implicit method 'rosenbrock23'"):
+        odeint_adjoint(decay, y0, t, method="rosenbrock23", adjoint_params=(k,))
+    ys = odeint_adjoint(decay, y0, t, rtol=1e-8, atol=1e-10, method="rosenbrock23",
+                        adjoint_method="dopri5", adjoint_params=(k,))  # fmt: skip
+    (dk,) = torch.autograd.grad(ys[-1, 0], k)
+    assert float(dk) == pytest.approx(-0.5 * math.exp(-1.0), rel=1e-5)
 
 
 def test_implicit_method_refuses_per_sample_and_compile() -> None:

@@ -154,6 +154,13 @@ class Adjoint:
     params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        method = self.method or problem.tableau.name
+        if METHODS.get(method, problem.tableau).implicit:
+            raise ODEInputError(
+                f"the adjoint's backward solve cannot use the implicit method {method!r} (its "
+                "Jacobian would miss the vector-Jacobian products' dependence on y): pass "
+                "adjoint_method='dopri5', or use gradient='backprop'"
+            )
         params = self._params(problem, y0)
         return _AdjointSolve.apply(problem, self, y0, *params)
 
