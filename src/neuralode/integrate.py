@@ -174,7 +174,8 @@ class StepLoop:
                 self._raise_max_steps(t)
             t1 = t + direction * dt
             target = times[next_output]
-            if direction * (t1 - t_end) >= 0 or abs(t1 - target) <= 4 * math.ulp(target) < math.inf:
+            near_target = math.isfinite(target) and abs(t1 - target) <= 4 * math.ulp(target)
+            if direction * (t1 - t_end) >= 0 or near_target:
                 # Land exactly on the end (never step past it) or on an output time rounding missed.
                 t1 = t_end if direction * (t1 - t_end) >= 0 else target
             step = t1 - t
