@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
         run=spiral_demo.run,
     ),
     "bouncing-ball": Command(
-        help="fit gravity and restitution to a bouncing ball's bounce times (events, ~1 min)",
+        help="fit gravity and restitution to a bouncing ball's bounce times (events, ~10 s)",
         description=bouncing_ball.__doc__ or "",
         add_arguments=bouncing_ball.add_arguments,
         run=bouncing_ball.run,
