@@ -77,6 +77,8 @@ class FlatVectorField:
         self.func = func
         self.layout = layout
         self.dims = tuple(layout.shapes[0])  # ints: view(*dims) dispatches faster than a Size
+        # A state shaped (1, N) already is a row: no views in and out (batch-1 fields).
+        self.is_row = not layout.is_tuple and len(self.dims) == 2 and self.dims[0] == 1
         self.dtype = like.dtype
         self.device = like.device
         self.stats = stats
@@ -89,6 +91,8 @@ class FlatVectorField:
             return self.layout.flatten(self.func(time, self.layout.unflatten(y.view(-1)))).view(
                 1, -1
             )
+        if self.is_row and y.dim() == 2:
+            return self.func(time, y)
         return self.func(time, y.view(*self.dims)).reshape(1, -1)
 
 
