@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from .errors import ODEInputError
 from .integrate import Checkpoint, StepLoop
 from .problem import Problem, make_problem
+from .row_solve import solve_rows
 from .solvers.methods import METHODS
 from .state import rms_norm
 from .stats import SolverStats
@@ -82,11 +83,9 @@ class Checkpointed:
             )
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
-        if problem.options.get("per_sample"):
-            raise ODEInputError(
-                "options['per_sample'] works with gradient='backprop' or 'adjoint', not with "
-                "checkpointed segments"
-            )
+        if problem.options.get("per_sample"):  # segments of `every` iterations of the row loop
+            return solve_rows(problem, y0, per_sample=True, compiled=False,
+                              checkpoint_every=self.every)  # fmt: skip
         f0 = problem.first_derivative(y0)
         if len(problem.times) == 1:
             return y0[None]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .errors import MaxStepsExceededError, NonFiniteStateError, StepSizeUnderflowError
 from .solvers.tableau import Tableau
@@ -300,12 +301,53 @@ class RowLoop:
             at,
         )
 
-    def solve(self, y0: torch.Tensor, f0: torch.Tensor, first_dt: torch.Tensor | None) -> Carry:
-        """Run the loop eagerly, one Python iteration per step; the final carry."""
+    def solve(
+        self,
+        y0: torch.Tensor,
+        f0: torch.Tensor,
+        first_dt: torch.Tensor | None,
+        segments: Segments | None = None,
+    ) -> Carry:
+        """Run the loop eagerly, one Python iteration per step; the final carry. With
+        ``segments``, autograd keeps only each segment's first carry and reruns the segment
+        in the backward pass (gradient checkpointing)."""
         carry = self.start(y0, f0, first_dt)
+        if segments is None:
+            return self._iterate(carry, None)
         while bool(self.running(carry)):
-            carry = self.body(carry)
+            tensors = checkpoint(self._segment, segments, *carry, use_reentrant=False)
+            carry = Carry(*tensors)
+        segments.forward_done = True
         return carry
+
+    def _iterate(
+        self, carry: Carry, most: int | None, started: Callable[[], None] | None = None
+    ) -> Carry:
+        """Up to ``most`` iterations (all, for None) while the loop runs; ``started`` is called
+        as each begins."""
+        done = 0
+        while (most is None or done < most) and bool(self.running(carry)):
+            if started is not None:
+                started()
+            carry = self.body(carry)
+            done += 1
+        return carry
+
+    def _segment(self, segments: Segments, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # A rerun in the backward pass counts its iterations as they start: autograd stops it
+        # as soon as it has recomputed what the gradient needs, inside the last iteration.
+        started = segments.recomputed if segments.forward_done else None
+        return tuple(self._iterate(Carry(*tensors), segments.every, started))
+
+
+@dataclass
+class Segments:
+    """Checkpointed segments of ``every`` iterations; ``recomputed()`` is called for each
+    iteration rerun in the backward pass."""
+
+    every: int
+    recomputed: Callable[[], None]
+    forward_done: bool = False
 
 
 @functools.cache

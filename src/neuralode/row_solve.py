@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ODEInputError
-from .integrate_rows import Carry, Control, RowLoop, rms_rows
+from .integrate_rows import Carry, Control, RowLoop, Segments, rms_rows
 from .stats import PerSampleStats
 
 if TYPE_CHECKING:
     from .problem import Problem
+    from .solvers.tableau import Tableau
 
 aten = torch.ops.aten
 SMALL_ROWS = 16  # matrix products with at most this many rows are fused (CPU)
@@ -91,10 +92,16 @@ def row_loop(problem: Problem, per_sample: bool) -> RowLoop:
 
 
 def solve_rows(
-    problem: Problem, y0: torch.Tensor, per_sample: bool, compiled: bool
+    problem: Problem,
+    y0: torch.Tensor,
+    per_sample: bool,
+    compiled: bool,
+    checkpoint_every: int | None = None,
 ) -> torch.Tensor:
     """``problem`` solved from the flat ``y0`` by the row loop: flat states (len(times), N).
-    Compiled, it falls back to the eager loop (with a warning) when compiling fails."""
+    Compiled, it falls back to the eager loop (with a warning) when compiling fails. Eager,
+    ``checkpoint_every`` makes autograd keep one carry per that many iterations and rerun
+    them in the backward pass."""
     if per_sample:
         check_per_sample(problem)
     loop = row_loop(problem, per_sample)
@@ -111,14 +118,16 @@ def solve_rows(
     else:
         f0 = problem.first_derivative(y0).view(rows, -1)
         problem.stats.nfe -= 1  # counted with the others below
-        carry = loop.solve(y_rows, f0, first_dt)
+        segments = None
+        if checkpoint_every is not None:
+            segments = Segments(checkpoint_every, functools.partial(_recomputed, problem))
+        carry = loop.solve(y_rows, f0, first_dt, segments)
     finished, iterations, most_accepted, most_rejected = loop.summary(carry)
     if not finished:
         loop.raise_stop(carry)
     tableau, stats = problem.tableau, problem.stats
-    # Per iteration the field is evaluated stages - 1 times (FSAL) or stages times; before the
-    # loop, f0 and (without first_step) the starting-step heuristic's one evaluation.
-    per_iteration = tableau.stages - 1 if tableau.fsal else tableau.stages
+    # Before the loop: f0 and (without first_step) the starting-step heuristic's evaluation.
+    per_iteration = _evaluations_per_iteration(tableau)
     before = 2 if first_dt is None else 1
     stats.nfe += before + iterations * per_iteration
     stats.n_accepted += most_accepted
@@ -156,6 +165,17 @@ def _solve_compiled(
             stacklevel=7,  # the caller of odeint
         )
         return None
+
+
+def _recomputed(problem: Problem) -> None:
+    """Count an iteration rerun by a checkpointed segment as backward work."""
+    problem.stats.backward_nfe += _evaluations_per_iteration(problem.tableau)
+    problem.stats.backward_steps += 1
+
+
+def _evaluations_per_iteration(tableau: Tableau) -> int:
+    """Evaluations of the field in one iteration: stages - 1 (FSAL) or stages."""
+    return tableau.stages - 1 if tableau.fsal else tableau.stages
 
 
 def check_per_sample(problem: Problem) -> None:
