@@ -235,12 +235,12 @@ VectorJacobian = Callable[
 
 def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian:
     """Vector-Jacobian products by torch.autograd.grad (any func, eager)."""
-    layout, func = problem.layout, problem.field.func
+    field = problem.field
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            f = layout.flatten(func(t, layout.unflatten(y)))
+            f = field.evaluate(t, y)
             vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True)
         return f.detach(), vjps
 

@@ -86,14 +86,12 @@ class RosenbrockLoop(StepLoop):
         products are differentiable, so gradients see J's dependence on the parameters). T by
         a forward difference, as ode23s does (one more evaluation; 0 for autonomous fields)."""
         field = self.field
-        layout = field.layout
         state = y.reshape(-1)
         blocks = self.blocks
         n = state.numel() // blocks
 
         def flat(at: float, x: torch.Tensor) -> torch.Tensor:
-            time = torch.tensor(at, dtype=y.dtype, device=y.device)
-            return layout.flatten(field.func(time, layout.unflatten(x)))
+            return field.evaluate(torch.tensor(at, dtype=y.dtype, device=y.device), x)
 
         differentiable = torch.is_grad_enabled() and f.requires_grad  # f depends on parameters
         with torch.enable_grad():
@@ -108,7 +106,7 @@ class RosenbrockLoop(StepLoop):
                 )  # fmt: skip
                 rows.append(torch.zeros_like(state) if row is None else row)
         jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
-        delta = 1e-7 * max(abs(t), 1.0) if y.dtype == torch.float64 else 1e-3 * max(abs(t), 1.0)
+        delta = (1e-7 if y.dtype == torch.float64 else 1e-3) * max(abs(t), 1.0)
         time_derivative = (flat(t + delta, state) - f.view(-1)) / delta
         field.stats.n_jacobians += 1
         return jacobian, time_derivative.view(1, -1)

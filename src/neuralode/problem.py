@@ -294,14 +294,15 @@ class Problem:
                 self.tolerance,
                 direction,
             )
+        loop_class: type[StepLoop] = StepLoop
         extra: dict[str, int] = {}
         if isinstance(self.tableau, RosenbrockMethod):
             per_sample = options.get("jacobian", "full") == "per_sample"
+            loop_class = RosenbrockLoop
             extra = {
                 "blocks": self.layout.shapes[0][0] if per_sample else 1,
                 "jacobian_every": options.get("jacobian_every", 1),
             }
-        loop_class = RosenbrockLoop if extra else StepLoop
         return loop_class(
             self.field,
             y0,

@@ -88,12 +88,15 @@ class FlatVectorField:
         self.stats.nfe += 1
         time = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
         if self.layout.is_tuple:
-            return self.layout.flatten(self.func(time, self.layout.unflatten(y.view(-1)))).view(
-                1, -1
-            )
+            return self.evaluate(time, y).view(1, -1)
         if self.is_row and y.dim() == 2:
             return self.func(time, y)
         return self.func(time, y.view(*self.dims)).reshape(1, -1)
+
+    def evaluate(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """dy/dt at the 0-d ``time`` for the flat state y, as a flat (N,) tensor, uncounted (for
+        Jacobians and vector-Jacobian products, whose cost is counted apart)."""
+        return self.layout.flatten(self.func(time, self.layout.unflatten(y.reshape(-1))))
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
