@@ -57,7 +57,7 @@ def test_t_repeated() -> None:
 
 
 def test_integer_y0() -> None:
-    message = "y0 must have a floating-point dtype (float32 or float64), got torch.int64"
+    message = "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64), got torch.int64"
     with raises(ODEInputError, message):
         odeint(decay, torch.tensor([1, 2]), T)
 
@@ -104,7 +104,7 @@ def test_func_returns_tensor_for_tuple_state() -> None:
 def test_unknown_method_lists_valid_ones() -> None:
     message = (
         "unknown method 'rk45'; valid methods are: adaptive_heun, bosh3, dopri5, dopri8, euler, "
-        "heun2, midpoint, rk4, rosenbrock23, tsit5"
+        "heun2, midpoint, rk4, rosenbrock23, tsit5 (or a neuralode.Tableau)"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk45")
@@ -119,16 +119,16 @@ def test_unknown_option() -> None:
 def test_unknown_adaptive_option() -> None:
     message = (
         "unknown option 'atol' for method 'dopri5'; valid options are: compile, controller, "
-        "dfactor, first_step, grid, ifactor, jacobian, jacobian_every, max_num_steps, norm, "
-        "per_sample, safety, step_size"
+        "dfactor, first_step, grid, ifactor, jacobian, jacobian_every, max_num_steps, max_step, "
+        "min_step, norm, per_sample, safety, step_size"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, options={"atol": 1e-3})
 
 
 def test_unknown_controller() -> None:
-    with raises(ODEInputError, "unknown controller 'PID'; valid controllers are: I, PI"):
-        odeint(decay, Y0, T, options={"controller": "PID"})
+    with raises(ODEInputError, "unknown controller 'PD'; valid controllers are: I, PI, PID"):
+        odeint(decay, Y0, T, options={"controller": "PD"})
 
 
 @pytest.mark.parametrize("name", ["rtol", "atol"])

@@ -1,8 +1,12 @@
 """neuralode: Neural Ordinary Differential Equations in PyTorch.
 
-``odeint`` is a drop-in replacement for ``torchdiffeq.odeint``.
+``odeint`` is a drop-in replacement for ``torchdiffeq.odeint``; :func:`solve` returns a
+:class:`Solution`.
 """
 
+from .core.methods import METHODS
+from .core.stats import PerSampleStats, SolverStats
+from .core.tableau import Tableau
 from .errors import (
     MaxStepsExceededError,
     NonFiniteStateError,
@@ -13,8 +17,7 @@ from .errors import (
 from .events import EventNotFoundError, odeint_event
 from .gradients import Adjoint, Backprop, Checkpointed
 from .odeint import odeint, odeint_adjoint
-from .solvers import METHODS
-from .stats import SolverStats
+from .solution import Solution, solve
 
 __version__ = "0.1.0"
 
@@ -27,10 +30,14 @@ __all__ = [
     "MaxStepsExceededError",
     "NonFiniteStateError",
     "ODEInputError",
+    "PerSampleStats",
+    "Solution",
     "SolverError",
     "SolverStats",
     "StepSizeUnderflowError",
+    "Tableau",
     "odeint",
     "odeint_adjoint",
     "odeint_event",
+    "solve",
 ]

@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
-from .errors import MaxStepsExceededError, ODEInputError, SolverError
-from .integrate import AcceptedStep
-from .odeint import DEFAULT_ATOL, DEFAULT_RTOL, odeint
-from .problem import make_problem
-from .state import State, StateLayout, VectorFieldFn
+from .core.arith import SCALAR
+from .core.config import make_problem
+from .core.loop import MAX_STEPS, RUNNING, STOPPED, AcceptedStep, Loop
+from .core.state import State, StateLayout, VectorFieldFn
+from .errors import ODEInputError, SolverError
+from .odeint import odeint
+from .solution import DEFAULT_ATOL, DEFAULT_RTOL
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
 """event_fn(t, y) → a 0-d tensor; the event is where it crosses zero."""
@@ -107,18 +109,20 @@ def _find_event(
         kwargs.get("method"),
         options,
     )
-    if not problem.tableau.adaptive and not math.isfinite(horizon):
+    if not problem.method.adaptive and not math.isfinite(horizon):
         raise ODEInputError("a fixed-step method needs t_max to find an event")
     # Checked with a finite end; the search itself runs to the horizon, which may be ±inf.
-    problem = dataclasses.replace(problem, times=[start, horizon])
     crossing = _Crossing(event_fn, problem.layout, like, start, problem.y0)
-    loop = problem.loop(problem.y0, problem.first_derivative(problem.y0))
-    try:
-        loop.run(watch=crossing)
-    except MaxStepsExceededError as error:
-        raise EventNotFoundError(
-            f"no zero crossing of event_fn up to t={error.t:.6g}: {error}", error.t
-        ) from None
+    loop = Loop(problem.stepper(), problem.controller, [start, horizon], problem.field, SCALAR,
+                problem.max_num_steps)  # fmt: skip
+    y0_row, f0 = problem.y0.view(1, -1), problem.first_derivative(problem.y0).view(1, -1)
+    carry = loop.finished(loop.run(loop.start(y0_row, f0, problem.first_step), watch=crossing))
+    if carry.status == MAX_STEPS:
+        error = loop.failure(carry, problem.stats.nfe)
+        raise EventNotFoundError(f"no zero crossing of event_fn up to t={carry.t:.6g}: {error}",
+                                 carry.t)  # fmt: skip
+    if carry.status not in (RUNNING, STOPPED):
+        raise loop.failure(carry, problem.stats.nfe)
     if crossing.time is None:
         raise EventNotFoundError(
             f"no zero crossing of event_fn between t0={start:.6g} and t_max={horizon:.6g} "

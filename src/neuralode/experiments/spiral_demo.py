@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from .. import plots
 from ..odeint import odeint
-from ..solvers import METHODS
-from ..stats import SolverStats
+from ..core.methods import METHODS
+from ..core.stats import SolverStats
 from ..training import resolve_device, seed_everything
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))

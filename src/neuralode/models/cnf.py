@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..nn.solve import ODEModule, SolverConfig
-from ..state import State
+from ..nn.solve import State
 from .trace import NOISES, basis_vectors, sample_noise, vector_jacobian_products
 
 TRACES = ("exact", "hutchinson")

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.methods import DEFAULT_METHOD
+from ..core.state import State
+from ..core.stats import SolverStats
 from ..gradients import Adjoint, GradientMode, gradient_mode
 from ..odeint import odeint
-from ..solvers.methods import DEFAULT_METHOD
-from ..state import State
-from ..stats import SolverStats
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ with the interpolant y(t + θh) = y + h (θ(1 − θ) k1 + θ(θ − 2d) k2) / (
 As a :class:`Tableau` the method declares only where f is evaluated (c, a: F1 at
 y + h k1 / 2, F2 at y1 = y + h k2), b, the error weights over (k1, k2, k3, F2), FSAL (F2 is
 the next step's f) and the interpolant; the step itself is in
-:class:`~neuralode.integrate_implicit.RosenbrockLoop`.
+:class:`~neuralode.core.steppers.Rosenbrock`.
 """
 
 from __future__ import annotations

@@ -10,17 +10,14 @@ import torch
 
 @dataclass
 class PerSampleStats:
-    """Per-sample counters of a solve with ``options={"per_sample": True}``, each a (B,) int64
-    tensor: field evaluations the sample needed (while it was not done), accepted and rejected
-    steps."""
+    """Per-sample counters of a solve with ``options={"per_sample": True}``, each a (B,) tensor:
+    field evaluations the sample needed (while it was not done), accepted and rejected steps
+    (int64), and the magnitude of its last accepted step (float64, NaN before one)."""
 
     nfe: torch.Tensor
     n_accepted: torch.Tensor
     n_rejected: torch.Tensor
-
-    @classmethod
-    def zeros(cls, batch: int, device: torch.device) -> PerSampleStats:
-        return cls(*(torch.zeros(batch, dtype=torch.long, device=device) for _ in range(3)))
+    last_dt: torch.Tensor
 
 
 @dataclass
@@ -29,10 +26,12 @@ class SolverStats:
 
     Attributes:
         nfe: evaluations of the vector field (the initial-step heuristic's included).
-        n_accepted: accepted steps.
-        n_rejected: rejected steps (always 0 for fixed-step solves).
-        last_dt: size of the last accepted step, in units of t (NaN before any step, and
-            for row-loop solves: per-sample or compiled).
+        n_accepted: accepted steps (per-sample solves: of the sample that attempted the most;
+            every sample's are in ``per_sample``).
+        n_rejected: rejected steps (always 0 for fixed-step solves; per-sample solves: as
+            ``n_accepted``).
+        last_dt: magnitude of the last accepted step, in units of t (NaN before any step;
+            per-sample solves: as ``n_accepted``).
         backward_nfe: evaluations in the backward pass (adjoint solves or checkpoint
             recomputation; each adjoint evaluation is one vector-Jacobian product). Filled in
             when the gradient is computed.

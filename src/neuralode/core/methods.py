@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
-from .rosenbrock import ROSENBROCK23
+from .rosenbrock_method import ROSENBROCK23
 from .tableau import Tableau
 
 

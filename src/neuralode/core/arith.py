@@ -1,0 +1,120 @@
+"""The loop's clock arithmetic, written once for two kinds of number.
+
+The loop (:mod:`neuralode.core.loop`) computes times, step sizes, acceptance and the controller's
+memory with the operations below. With :data:`SCALAR` they are Python floats and bools: a
+shared-step solve pays one host synchronisation per step (the error norm) and no tensor
+operation on its clock. With :data:`ROWS` they are (R,) tensors, one entry per row, with no
+branch on a value: per-sample steps and the compiled loop, which must not synchronise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+class ScalarArith:
+    """Clock values as Python floats and bools (one row)."""
+
+    rows = False
+
+    @staticmethod
+    def where(condition: Any, a: Any, b: Any) -> Any:
+        return a if condition else b
+
+    @staticmethod
+    def minimum(a: float, b: float) -> float:
+        return min(a, b)
+
+    @staticmethod
+    def clip(x: float, low: float, high: float) -> float:
+        return min(high, max(low, x))
+
+    @staticmethod
+    def clamp_min(x: float, low: float) -> float:
+        return low if x < low else x  # NaN stays NaN, as with tensors
+
+    @staticmethod
+    def nan_to(x: float, value: float) -> float:
+        return value if math.isnan(x) else x
+
+    @staticmethod
+    def isfinite(x: float) -> bool:
+        return math.isfinite(x)
+
+    @staticmethod
+    def ulp(x: float) -> float:
+        return math.ulp(x)
+
+    @staticmethod
+    def absolute(x: float) -> float:
+        return abs(x)
+
+    @staticmethod
+    def clock(x: torch.Tensor) -> float:
+        """A (1,) or 0-d tensor norm → float (the host synchronisation of a step)."""
+        return float(x)
+
+    @staticmethod
+    def count(flag: bool) -> int:
+        return int(flag)
+
+    @staticmethod
+    def and_not(a: bool, b: bool) -> bool:
+        return a and not b
+
+    @staticmethod
+    def step_factor(step: float, like: torch.Tensor) -> float:
+        return step
+
+
+class RowArith:
+    """Clock values as (R,) tensors (float64 times, bool flags, int64 counts)."""
+
+    rows = True
+    where = staticmethod(torch.where)
+    minimum = staticmethod(torch.minimum)
+
+    @staticmethod
+    def clip(x: torch.Tensor, low: Any, high: Any) -> torch.Tensor:
+        return torch.clamp(x, low, high)
+
+    @staticmethod
+    def clamp_min(x: torch.Tensor, low: float) -> torch.Tensor:
+        return x.clamp(min=low)
+
+    @staticmethod
+    def nan_to(x: torch.Tensor, value: float) -> torch.Tensor:
+        return x.nan_to_num(value)
+
+    isfinite = staticmethod(torch.isfinite)
+
+    @staticmethod
+    def ulp(x: torch.Tensor) -> torch.Tensor:
+        return torch.nextafter(x, torch.full_like(x, math.inf)) - x
+
+    absolute = staticmethod(torch.abs)
+
+    @staticmethod
+    def clock(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64)
+
+    @staticmethod
+    def count(flag: torch.Tensor) -> torch.Tensor:
+        return flag.long()
+
+    @staticmethod
+    def and_not(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a & ~b
+
+    @staticmethod
+    def step_factor(step: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-row step sizes as a (R, 1) column in the state's dtype."""
+        return step.to(like.dtype)[:, None]
+
+
+SCALAR = ScalarArith()
+ROWS = RowArith()
+Arith = ScalarArith | RowArith

@@ -1,0 +1,479 @@
+"""Parse once: odeint's arguments become a validated :class:`Problem` of typed, frozen parts.
+
+Every input check lives here, once, with a message that names the argument, the value and the
+fix. Nothing downstream re-validates or re-derives a value that these objects hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ..errors import ODEInputError
+from .controllers import (
+    CONTROLLER_COEFFICIENTS,
+    AdaptiveController,
+    FixedGrid,
+    Tolerance,
+    make_grid,
+)
+from .methods import DEFAULT_METHOD, METHODS
+from .rosenbrock_method import RosenbrockMethod
+from .state import LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
+from .stats import SolverStats
+from .steppers import ExplicitRK, Rosenbrock
+from .tableau import Tableau
+
+GRID_OPTIONS = {"step_size", "grid"}
+CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
+                   "max_num_steps", "norm", "controller"}  # fmt: skip
+ROW_OPTIONS = {"per_sample", "compile"}
+JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
+DEFAULT_MAX_NUM_STEPS = 100_000
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the loop runs: shared steps (one row, the whole state) or per-sample steps (one row
+    per sample of a (B, ...) state), eagerly or compiled as one call."""
+
+    per_sample: bool = False
+    compiled: bool = False
+
+
+@dataclass
+class Outcome:
+    """How the last solve of a problem ended: each row's status (0-d for shared steps, (B,) per
+    sample; codes in :mod:`neuralode.core.loop`) and the error of the first failed row."""
+
+    status: torch.Tensor | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated initial value problem on flat states.
+
+    Attributes:
+        layout: shapes and dtype of the user's state.
+        y0: flat initial state, shape (N,), in the working dtype.
+        times: output times as floats.
+        field: the vector field on flat states (counts NFE into ``stats``).
+        method: the tableau (an explicit Runge–Kutta method or a Rosenbrock method).
+        tolerance: rtol, atol and the norm (the controller's, for adaptive methods).
+        controller: adaptive step-size control, or a fixed grid.
+        execution: shared or per-sample steps, eager or compiled.
+        max_num_steps: bound on attempted steps.
+        first_step: magnitude of the first step, or None for the starting-step heuristic.
+        jacobian_blocks, jacobian_every: a Rosenbrock method's Jacobian structure and reuse.
+        raise_on_failure: raise the first failed row's error (else report it in ``outcome``
+            and leave NaN at the times that row did not reach).
+        stats: counters of this problem's solves.
+        outcome: how the last solve ended.
+    """
+
+    layout: StateLayout
+    y0: torch.Tensor
+    times: list[float]
+    field: FlatField
+    method: Tableau
+    tolerance: Tolerance
+    controller: AdaptiveController | FixedGrid
+    execution: Execution = Execution()
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    first_step: float | None = None
+    jacobian_blocks: int = 1
+    jacobian_every: int = 1
+    raise_on_failure: bool = True
+    stats: SolverStats = field(default_factory=SolverStats)
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def stepper(self) -> ExplicitRK | Rosenbrock:
+        """A fresh stepper for one solve (a Rosenbrock stepper keeps its Jacobian)."""
+        if isinstance(self.method, RosenbrockMethod):
+            return Rosenbrock(self.method, self.field, self.jacobian_blocks, self.jacobian_every)
+        return ExplicitRK(self.method)
+
+    def first_derivative(self, y0: torch.Tensor) -> torch.Tensor:
+        """f(t[0], y0) for a flat y0, checking func's output shape, dtype and device (counted)."""
+        self.stats.nfe += 1
+        layout = self.layout
+        time = torch.full((), self.times[0], dtype=layout.dtype, device=layout.device)
+        f0 = self.field.func(time, layout.unflatten(y0))
+        _check_derivative(f0, layout)
+        return layout.flatten(f0)
+
+    def over(self, times: list[float], **changes: Any) -> Problem:
+        """This problem over other output times (fixed grids restricted to them), with fresh
+        statistics and the given fields changed."""
+        stats = SolverStats()
+        controller = self.controller
+        if isinstance(controller, FixedGrid):
+            controller = controller.within(times[0], times[-1])
+        parts: dict[str, Any] = {
+            "times": times, "controller": controller, "stats": stats, "outcome": Outcome()
+        }  # fmt: skip
+        parts.update(changes)
+        problem = replace(self, **parts)
+        object.__setattr__(problem, "field", FlatField(problem.field.func, problem.layout, stats))
+        return problem
+
+
+def make_problem(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    method: str | Tableau | None,
+    options: Mapping[str, Any] | None,
+) -> Problem:
+    """Validate odeint's arguments and build the flat problem."""
+    if not callable(func):
+        raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    parts = _validate_y0(y0)
+    times = _validate_t(t, parts[0])
+    tableau = resolve_method(method)
+    options = dict(options or {})
+    _check_option_names(options, tableau)
+    layout = StateLayout(y0)
+    stats = SolverStats()
+    flat_field = FlatField(func, layout, stats)
+    execution = _execution(options, tableau, layout)
+    grid = _grid_option(options, times)
+    fixed = grid is not None or "step_size" in options or not tableau.adaptive
+    tolerance = make_tolerance(layout, rtol, atol, options.get("norm"), adaptive=not fixed)
+    controller: AdaptiveController | FixedGrid
+    if fixed:
+        controller = make_grid(options.get("step_size"), grid, times)
+    else:
+        controller = make_controller(tableau, tolerance, options)
+    return Problem(
+        layout,
+        layout.flatten(y0),
+        times,
+        flat_field,
+        tableau,
+        tolerance,
+        controller,
+        execution,
+        _positive_int(options, "max_num_steps", DEFAULT_MAX_NUM_STEPS),
+        _first_step(options),
+        layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
+        _positive_int(options, "jacobian_every", 1),
+        stats=stats,
+    )
+
+
+def resolve_method(method: str | Tableau | None) -> Tableau:
+    """The tableau named by ``method`` (default dopri5), or ``method`` itself."""
+    if isinstance(method, Tableau):
+        return method
+    name = DEFAULT_METHOD if method is None else method
+    if not isinstance(name, str) or name not in METHODS:
+        raise ODEInputError(
+            f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))} (or a "
+            "neuralode.Tableau)"
+        )
+    return METHODS[name]
+
+
+def make_tolerance(
+    layout: StateLayout,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    norm: Any,
+    adaptive: bool = True,
+) -> Tolerance:
+    """Tolerances broadcast to the state (raised to a half-precision state's resolution), and the
+    norm. An adaptive method cannot work to a zero bound on a component (rtol = atol = 0)."""
+    _validate_tolerance(rtol, "rtol")
+    _validate_tolerance(atol, "atol")
+    if norm is not None and not callable(norm):
+        raise ODEInputError(
+            f"option 'norm' must be a callable on the scaled error, got {norm!r}"
+            + (
+                " ('seminorm' is for the adjoint's backward solve: adjoint_options={'norm': "
+                "'seminorm'})"
+                if norm == "seminorm"
+                else ""
+            )
+        )
+    try:
+        rtol_flat, atol_flat = layout.broadcast(rtol, "rtol"), layout.broadcast(atol, "atol")
+    except ValueError as error:
+        raise ODEInputError(str(error)) from None
+    if layout.dtype in LOW_PRECISION:
+        rtol_flat, atol_flat = (
+            _at_resolution(x, name, layout.dtype)
+            for x, name in ((rtol_flat, "rtol"), (atol_flat, "atol"))
+        )
+    both_zero = int(((rtol_flat == 0) & (atol_flat == 0)).sum()) if adaptive else 0
+    if both_zero:
+        raise ODEInputError(
+            f"rtol and atol are both 0 for {both_zero} state component(s): no adaptive step can "
+            "meet a zero error bound; give a positive rtol or atol, or a fixed-step method "
+            "(method='rk4', options={'step_size': ...})"
+        )
+    return Tolerance(rtol_flat, atol_flat, norm, bool((atol_flat == 0).any()))
+
+
+def make_controller(
+    tableau: Tableau, tolerance: Tolerance, options: Mapping[str, Any]
+) -> AdaptiveController:
+    """The adaptive controller that the options configure (default: I control)."""
+    name = options.get("controller", "I")
+    if name not in CONTROLLER_COEFFICIENTS:
+        raise ODEInputError(
+            f"unknown controller {name!r}; valid controllers are: "
+            f"{', '.join(CONTROLLER_COEFFICIENTS)}"
+        )
+    pcoeff, icoeff, dcoeff = CONTROLLER_COEFFICIENTS[name]
+    numbers = {}
+    for key in ("safety", "ifactor", "dfactor", "min_step", "max_step"):
+        if key in options:
+            value = options[key]
+            if not _is_number(value):
+                raise ODEInputError(f"option {key!r} must be a number, got {value!r}")
+            numbers[key] = float(value)
+    assert tableau.error_order is not None
+    return AdaptiveController(
+        tableau.error_order, tolerance, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, **numbers
+    )
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    # One reduction in the common case; the exact count only when something is off.
+    if math.isfinite(float(x.detach().float().sum())):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ODEInputError(f"{name} contains NaN or Inf ({bad} of {x.numel()} entries)")
+
+
+def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    if not parts or not all(torch.is_tensor(p) for p in parts):
+        raise ODEInputError(
+            f"y0 must be a torch.Tensor or a non-empty tuple of tensors, got {type(y0).__name__}"
+        )
+    for index, part in enumerate(parts):
+        name = f"y0[{index}]" if isinstance(y0, tuple) else "y0"
+        if not part.dtype.is_floating_point:
+            raise ODEInputError(
+                f"{name} must have a floating-point dtype (float16, bfloat16, float32 or "
+                f"float64), got {part.dtype}"
+            )
+        if part.dtype != parts[0].dtype or part.device != parts[0].device:
+            raise ODEInputError(
+                f"all parts of y0 must share dtype and device: y0[0] is {_describe(parts[0])}, "
+                f"{name} is {_describe(part)}"
+            )
+        _check_finite(part, name)
+    return parts
+
+
+def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
+    if not torch.is_tensor(t):
+        raise ODEInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
+    if t.dim() != 1 or t.numel() < 1:
+        raise ODEInputError(
+            f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}"
+        )
+    if not t.dtype.is_floating_point:
+        raise ODEInputError(f"t must have a floating-point dtype, got {t.dtype}")
+    if t.device != like.device:
+        raise ODEInputError(
+            f"t is on {t.device} but y0 is on {like.device}; put both on the same device"
+        )
+    times = t.detach().double().tolist()
+    if not all(math.isfinite(time) for time in times):
+        _check_finite(t, "t")
+    if len(times) > 1:
+        direction = 1.0 if times[1] > times[0] else -1.0
+        for i in range(1, len(times)):
+            if direction * (times[i] - times[i - 1]) <= 0:
+                raise ODEInputError(
+                    "t must be strictly increasing or strictly decreasing; "
+                    f"t[{i}]={times[i]:.6g} does not follow t[{i - 1}]={times[i - 1]:.6g}"
+                )
+    return times
+
+
+def _validate_tolerance(value: Any, name: str) -> None:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if isinstance(v, (int, float)):
+            valid = math.isfinite(v) and v >= 0
+        else:
+            tensor = torch.as_tensor(v)
+            valid = bool((tensor >= 0).all()) and bool(torch.isfinite(tensor).all())
+        if not valid:
+            raise ODEInputError(f"{name} must be finite and non-negative, got {v}")
+
+
+_WARNED_RESOLUTION: set[tuple[str, torch.dtype]] = set()
+
+
+def _at_resolution(tolerance: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A tolerance below a half-precision state's resolution (its machine epsilon) raised to it,
+    with a warning once per process for each tolerance and dtype."""
+    eps = torch.finfo(dtype).eps
+    if bool((tolerance >= eps).all()):
+        return tolerance
+    if (name, dtype) not in _WARNED_RESOLUTION:
+        _WARNED_RESOLUTION.add((name, dtype))
+        warnings.warn(
+            f"neuralode: {name}={float(tolerance.min()):.3g} is below the resolution of a "
+            f"{dtype} state (eps {eps:.3g}); raised to {eps:.3g} (warned once)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    return tolerance.clamp(min=eps)
+
+
+def _check_derivative(f0: State, layout: StateLayout) -> None:
+    outputs = f0 if isinstance(f0, tuple) else (f0,)
+    kind = f"a tuple of {len(layout.shapes)} tensors" if layout.is_tuple else "a tensor"
+    if isinstance(f0, tuple) != layout.is_tuple or len(outputs) != len(layout.shapes):
+        raise ODEInputError(
+            f"func(t, y) must return a state like y ({kind}), got {type(f0).__name__}"
+        )
+    for index, (out, shape) in enumerate(zip(outputs, layout.shapes, strict=True)):
+        suffix = f"[{index}]" if layout.is_tuple else ""
+        if not torch.is_tensor(out):
+            raise ODEInputError(f"func(t, y){suffix} must be a tensor, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned shape {tuple(out.shape)} but y{suffix} has shape "
+                f"{tuple(shape)}: dy/dt must have the shape of y"
+            )
+        if out.dtype != layout.dtype:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned dtype {out.dtype} but y{suffix} has dtype "
+                f"{layout.dtype}: dy/dt must have the dtype of y"
+            )
+        if out.device != layout.device:
+            raise ODEInputError(
+                f"func(t, y){suffix} returned a tensor on {out.device} but y{suffix} is on "
+                f"{layout.device}"
+            )
+
+
+def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
+    valid = set(GRID_OPTIONS)
+    if tableau.adaptive:
+        valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
+    for key in options:
+        if key not in valid:
+            raise ODEInputError(
+                f"unknown option {key!r} for method {tableau.name!r}; valid options are: "
+                f"{', '.join(sorted(valid))}"
+            )
+    for key in sorted(JACOBIAN_OPTIONS & set(options)):
+        if not tableau.implicit:
+            raise ODEInputError(
+                f"option {key!r} is for implicit methods (rosenbrock23), not {tableau.name!r}"
+            )
+    row_options = sorted({key for key in ROW_OPTIONS if options.get(key)})
+    if tableau.implicit and row_options:
+        raise ODEInputError(
+            f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
+            "steps the whole state with one Jacobian, eagerly"
+        )
+
+
+def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout) -> Execution:
+    execution = Execution(bool(options.get("per_sample")), bool(options.get("compile")))
+    fixed = sorted({"step_size", "grid"} & set(options))
+    if execution.per_sample:
+        if layout.is_tuple or len(layout.shapes[0]) < 1:
+            raise ODEInputError(
+                "options['per_sample'] needs y0 to be one tensor whose first dimension is the "
+                "batch"
+            )
+        unsupported = sorted({"norm", *fixed} & set(options))
+        if unsupported:
+            raise ODEInputError(
+                f"options['per_sample'] uses the RMS norm of each sample: it cannot be combined "
+                f"with option(s) {unsupported}"
+            )
+    if execution.compiled and fixed:
+        raise ODEInputError(
+            f"options['compile'] runs adaptive steps; it cannot be combined with option(s) "
+            f"{fixed}: drop 'compile' for fixed steps"
+        )
+    if options.get("jacobian", "full") not in ("full", "per_sample"):
+        raise ODEInputError(
+            f"option 'jacobian' must be 'full' or 'per_sample', got {options['jacobian']!r}"
+        )
+    return execution
+
+
+def _grid_option(options: Mapping[str, Any], times: list[float]) -> list[float] | None:
+    """The fixed-step grid given by options 'step_size' or 'grid' (validated), else None."""
+    if "step_size" in options and "grid" in options:
+        raise ODEInputError("give options 'step_size' or 'grid', not both")
+    if "step_size" in options:
+        step_size = options["step_size"]
+        if not (_is_number(step_size) and math.isfinite(step_size) and step_size > 0):
+            raise ODEInputError(
+                f"option 'step_size' must be a positive number, got {step_size!r}"
+            )
+        return None
+    if "grid" not in options:
+        return None
+    t0, t1 = times[0], times[-1]
+    direction = 1.0 if t1 >= t0 else -1.0
+    given = torch.as_tensor(options["grid"])
+    grid = given.detach().double().reshape(-1).tolist()
+    if len(grid) >= 2 and given.dtype != torch.float64:
+        # Endpoints given in lower precision stand for t's endpoints.
+        rounded = torch.tensor([t0, t1], dtype=given.dtype).double().tolist()
+        grid[0] = t0 if grid[0] == rounded[0] else grid[0]
+        grid[-1] = t1 if grid[-1] == rounded[1] else grid[-1]
+    ordered = all(direction * (b - a) > 0 for a, b in itertools.pairwise(grid))
+    if len(grid) < 2 or not ordered or grid[0] != t0 or grid[-1] != t1:
+        raise ODEInputError(
+            "option 'grid' must be strictly monotonic in the direction of t and run from "
+            f"t[0]={t0:.6g} to t[-1]={t1:.6g}"
+        )
+    return grid
+
+
+def _positive_int(options: Mapping[str, Any], key: str, default: int) -> int:
+    value = options.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ODEInputError(f"option {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _first_step(options: Mapping[str, Any]) -> float | None:
+    value = options.get("first_step")
+    if value is None:
+        return None
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = float(value)
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise ODEInputError(
+            f"option 'first_step' must be a positive number (the step's magnitude; its sign "
+            f"follows t), got {value!r}"
+        )
+    return float(value)

@@ -1,0 +1,217 @@
+"""Step-size controllers: how big the next step is.
+
+A controller sees the stepper only through its error order and error estimate. It owns the
+tolerances and the norm (:class:`Tolerance`), the safety factor, the growth and shrink bounds
+and the step bounds, all validated when it is made. Its arithmetic is written once for both
+kinds of clock (:mod:`neuralode.core.arith`): floats for shared steps, (R,) tensors for
+per-sample and compiled solves.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ODEInputError
+from .arith import Arith
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Error scale atol + rtol · max(|y0|, |y1|) and the norm of the scaled error.
+
+    Attributes:
+        rtol, atol: 0-d or flat (N,) tensors in the working dtype.
+        norm: the user's norm of a flat scaled error (a 0-d result), or None for the RMS norm
+            of each row.
+        exact_zero: some atol entry is 0: the scale is kept above 0 so that a component that is
+            exactly 0 with no error divides 0 by a positive number.
+    """
+
+    rtol: torch.Tensor
+    atol: torch.Tensor
+    norm: Norm | None = None
+    exact_zero: bool = False
+
+    def scale(self, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+        """The error scale of rows y0 → y1, (R, N)."""
+        scale = torch.addcmul(self.atol, self.rtol, torch.maximum(y0.abs(), y1.abs()))
+        return scale.clamp_(min=torch.finfo(scale.dtype).tiny) if self.exact_zero else scale
+
+    def ratio(self, arith: Arith, error: torch.Tensor, scale: torch.Tensor) -> Any:
+        """The norm of error / scale of each row ((R, N) → a clock value per row); ≤ 1 is
+        within tolerance."""
+        scaled = error / scale
+        if self.norm is None:
+            rms = torch.linalg.vector_norm(scaled, dim=-1)
+            return arith.clock(rms if arith.rows else rms[0]) * (1.0 / math.sqrt(scaled.shape[-1]))
+        if arith.rows:
+            return arith.clock(self.norm(scaled.reshape(-1)).reshape(1))
+        return arith.clock(self.norm(scaled.reshape(-1)))
+
+    def rows(self, count: int) -> Tolerance:
+        """The tolerances of a state split into ``count`` rows (per-component ones reshaped)."""
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x if x.dim() == 0 else x.reshape(count, -1)
+
+        return Tolerance(split(self.rtol), split(self.atol), self.norm, self.exact_zero)
+
+
+CONTROLLER_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
+    "I": (0.0, 1.0, 0.0),
+    "PI": (0.4, 0.3, 0.0),
+    "PID": (0.2, 0.4, 0.1),
+}
+"""(pcoeff, icoeff, dcoeff) of the named controllers (``options={"controller": ...}``)."""
+
+
+@dataclass(frozen=True)
+class AdaptiveController:
+    """PID step-size control (Söderlind; diffrax's form) on the error ratio r of each step.
+
+    With k = error order + 1 and r₁, r₂ the ratios of the last two accepted steps, an accepted
+    step grows (never shrinks) the next one by
+
+        safety · r^(−(p+i+d)/k) · r₁^((p+2d)/k) · r₂^(−d/k),   clipped to [1, ifactor],
+
+    and a rejected step shrinks by safety · r^(−1/k), clipped to [dfactor, 1]. I control is
+    (p, i, d) = (0, 1, 0), PI (0.4, 0.3, 0). Step sizes are then clipped to [min_step,
+    max_step].
+
+    Attributes:
+        error_order: order of the stepper's embedded error estimate.
+        tolerance: tolerances and norm.
+        safety: in (0, 1].
+        ifactor: largest growth, >= 1.
+        dfactor: largest shrink, in (0, 1].
+        pcoeff, icoeff, dcoeff: the PID coefficients.
+        min_step, max_step: bounds on the step size's magnitude (0 and inf by default).
+    """
+
+    error_order: int
+    tolerance: Tolerance
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    min_step: float = 0.0
+    max_step: float = math.inf
+
+    needs_error = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "safety": (self.safety, 0.0 < self.safety <= 1.0, "a number in (0, 1]"),
+            "ifactor": (self.ifactor, 1.0 <= self.ifactor < math.inf, "a finite number >= 1"),
+            "dfactor": (self.dfactor, 0.0 < self.dfactor <= 1.0, "a number in (0, 1]"),
+            "min_step": (self.min_step, 0.0 <= self.min_step < math.inf, "finite and >= 0"),
+            "max_step": (self.max_step, self.max_step > 0.0, "a number > 0"),
+        }
+        for name, (value, valid, expected) in checks.items():
+            if not valid:
+                raise ODEInputError(f"option {name!r} must be {expected}, got {value!r}")
+        if self.min_step > self.max_step:
+            raise ODEInputError(
+                f"option 'min_step' ({self.min_step!r}) exceeds 'max_step' ({self.max_step!r})"
+            )
+        if self.icoeff + self.pcoeff + self.dcoeff <= 0:
+            raise ODEInputError(
+                "the controller's coefficients must sum to a positive number (pcoeff + icoeff + "
+                f"dcoeff), got {self.pcoeff + self.icoeff + self.dcoeff!r}"
+            )
+
+    def start_memory(self) -> tuple[float, float]:
+        """The ratios of the two accepted steps before the first (neutral: 1)."""
+        return 1.0, 1.0
+
+    def propose(
+        self, arith: Arith, ratio: Any, step: Any, memory: tuple[Any, Any], active: Any
+    ) -> tuple[Any, Any, tuple[Any, Any]]:
+        """(accept, next step magnitude, memory) from the error ratio of an attempted step of
+        magnitude ``step``; rows that are not ``active`` keep their memory."""
+        k = self.error_order + 1
+        accept = active & (ratio <= 1.0)
+        safe = arith.clamp_min(ratio, 1e-30)
+        r1, r2 = memory
+        grow = safe ** (-(self.pcoeff + self.icoeff + self.dcoeff) / k)
+        if self.pcoeff or self.dcoeff:
+            grow = grow * r1 ** ((self.pcoeff + 2 * self.dcoeff) / k)
+        if self.dcoeff:
+            grow = grow * r2 ** (-self.dcoeff / k)
+        factor = self.safety * arith.where(accept, grow, safe ** (-1.0 / k))
+        factor = arith.nan_to(arith.where(ratio == 0, self.ifactor, factor), self.dfactor)
+        factor = arith.clip(
+            factor, arith.where(accept, 1.0, self.dfactor), arith.where(accept, self.ifactor, 1.0)
+        )
+        dt = arith.clip(step * factor, self.min_step, self.max_step)
+        remember = accept & (ratio > 0)
+        memory = (
+            arith.where(remember, arith.clamp_min(ratio, 1e-4), r1),
+            arith.where(remember, r1, r2),
+        )
+        return accept, dt, memory
+
+
+@dataclass(frozen=True)
+class FixedGrid:
+    """Steps that land on a given grid of times (fixed-step solving); never rejects.
+
+    Attributes:
+        grid: times sorted in the direction of integration, covering the interval.
+    """
+
+    grid: tuple[float, ...]
+
+    needs_error = False
+
+    def __post_init__(self) -> None:
+        direction = 1.0 if self.grid[-1] >= self.grid[0] else -1.0
+        keys = [direction * g for g in self.grid]
+        object.__setattr__(self, "_direction", direction)
+        object.__setattr__(self, "_keys", keys)
+        # Times within this of a grid point count as on it (absorbs rounding of t + dt).
+        slack = 1e-9 * min((b - a for a, b in itertools.pairwise(keys)), default=1.0)
+        object.__setattr__(self, "_slack", slack)
+
+    def next_step(self, t: float) -> float:
+        """The magnitude of the step from t to the next grid point (inf past the grid)."""
+        keys, direction = self._keys, self._direction  # type: ignore[attr-defined]
+        index = bisect.bisect_right(keys, direction * t + self._slack)  # type: ignore[attr-defined]
+        return math.inf if index == len(keys) else keys[index] - direction * t
+
+    def within(self, start: float, end: float) -> FixedGrid:
+        """The grid restricted to the interval from ``start`` to ``end`` (either direction), with
+        both ends included: the steps of a solve over part of the interval, or backwards."""
+        low, high = min(start, end), max(start, end)
+        inner = [g for g in self.grid if low < g < high]
+        ordered = sorted(inner, reverse=end < start)
+        return FixedGrid((start, *ordered, end))
+
+
+def make_grid(
+    step_size: float | None, grid: Sequence[float] | None, times: Sequence[float]
+) -> FixedGrid:
+    """The fixed grid from ``step_size`` (steps of that size from t[0], the last one shorter),
+    ``grid`` (given times), or neither (the output times)."""
+    t0, t1 = times[0], times[-1]
+    direction = 1.0 if t1 >= t0 else -1.0
+    if step_size is not None:
+        # A span over a whole number of steps by less than 10⁻⁶·|t| is rounding (float32 times
+        # carry about 6·10⁻⁸·|t|), not a sliver of a step more.
+        rounding = 1e-6 * max(abs(t0), abs(t1), step_size)
+        n = max(1, math.ceil((abs(t1 - t0) - rounding) / step_size))
+        return FixedGrid(tuple(t0 + direction * step_size * i for i in range(n)) + (t1,))
+    if grid is not None:
+        return FixedGrid(tuple(grid))
+    return FixedGrid(tuple(times))

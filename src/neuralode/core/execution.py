@@ -1,0 +1,170 @@
+"""How a problem's loop is run: on one row with a float clock, on rows (per-sample steps), or
+compiled (:mod:`neuralode.core.compiled`); optionally in checkpointed segments. A choice of how
+to run the one loop, not another loop. The statistics are written here, once, from the final
+carry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .arith import ROWS, SCALAR
+from .config import Problem
+from .loop import RUNNING, Carry, Loop
+from .stats import PerSampleStats, SolverStats
+
+
+def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> torch.Tensor:
+    """States at ``problem.times`` from the flat ``y0``, shape (len(times), N), differentiable
+    by backpropagation through the steps. With ``every``, autograd keeps only the carry at the
+    start of each segment of that many iterations and reruns the segment in the backward pass
+    (gradient checkpointing; reruns are counted as backward work)."""
+    execution = problem.execution
+    if execution.per_sample or execution.compiled:
+        return _integrate_rows(problem, y0, every)
+    f0 = problem.first_derivative(y0)
+    if len(problem.times) == 1:
+        return y0[None]
+    loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, SCALAR,
+                problem.max_num_steps)  # fmt: skip
+    carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
+    carry = _drive(problem, loop, carry, every, None)
+    return _finish(problem, loop, carry)
+
+
+def row_loop(problem: Problem) -> Loop:
+    """The problem's loop on rows: one row (the whole state) or one per sample."""
+    per_sample = problem.execution.per_sample
+    rows = problem.layout.shapes[0][0] if per_sample else 1
+    controller = problem.controller
+    if per_sample:
+        controller = replace(controller, tolerance=controller.tolerance.rows(rows))
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return problem.field.rows(t, y, per_sample)
+
+    loop = Loop(problem.stepper(), controller, problem.times, field, ROWS, problem.max_num_steps)
+    return loop.on(problem.y0.device)
+
+
+def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
+    from .compiled import solve_compiled  # (imports inductor's pieces only when compiling)
+
+    loop = row_loop(problem)
+    rows = problem.layout.shapes[0][0] if problem.execution.per_sample else 1
+    y_rows = y0.reshape(rows, -1)
+    first_dt = None
+    if problem.first_step is not None:
+        first_dt = torch.full((rows,), problem.first_step, dtype=torch.float64, device=y0.device)
+    if problem.execution.compiled and every is None:
+        carry = solve_compiled(problem, loop, y_rows, first_dt)
+        if carry is None:  # could not be compiled (warned): the same solve, eagerly
+            fallback = replace(problem, execution=replace(problem.execution, compiled=False))
+            return integrate(fallback, y0)
+    else:
+        f0 = problem.first_derivative(y0).view(rows, -1)
+        problem.stats.nfe -= 1  # counted with the others, per iteration
+        carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
+                       _evaluations_per_iteration(loop))  # fmt: skip
+    problem.stats.nfe += (1 if first_dt is None else 0) + 1
+    return _finish(problem, loop, carry)
+
+
+def _drive(
+    problem: Problem, loop: Loop, carry: Carry, every: int | None, per_iteration: int | None
+) -> Carry:
+    """Run the loop eagerly to its end, in checkpointed segments of ``every`` iterations if
+    given. A segment's rerun in the backward pass counts its work as backward: by the field's
+    calls (``per_iteration`` None) or by iterations as they start."""
+    if every is None:
+        return loop.run(carry)
+    segments = _Segments(problem, loop, every, per_iteration)
+    while bool(loop.running(carry)):
+        carry = checkpoint(segments, carry, use_reentrant=False)
+    segments.forward_done = True
+    return carry
+
+
+@dataclass
+class _Segments:
+    problem: Problem
+    loop: Loop
+    every: int
+    per_iteration: int | None
+    forward_done: bool = False
+
+    def __call__(self, carry: Carry) -> Carry:
+        if not self.forward_done:
+            return self.loop.run(carry, self.every)
+        # A rerun in the backward pass: autograd may stop it as soon as it has recomputed what
+        # the gradient needs, hence the counting as iterations start, and the finally.
+        stats, field = self.problem.stats, self.problem.field
+        field.stats = scratch = SolverStats()
+        try:
+            return self.loop.run(carry, self.every, started=self._started)
+        finally:
+            field.stats = stats
+            stats.backward_nfe += scratch.nfe
+
+    def _started(self) -> None:
+        stats = self.problem.stats
+        stats.backward_steps += 1
+        if self.per_iteration is not None:
+            stats.backward_nfe += self.per_iteration
+
+
+def _evaluations_per_iteration(loop: Loop) -> int:
+    """Evaluations of the field in one iteration on rows: stages − 1 (FSAL) or stages."""
+    stages = loop.tableau.stages
+    return stages - 1 if loop.tableau.fsal else stages
+
+
+def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
+    """Record the statistics of the final carry, raise a row's failure, return the states
+    (len(times), N)."""
+    carry = loop.finished(carry)
+    stats = problem.stats
+    if loop.arith.rows:
+        failed = _record_rows(stats, loop, carry, problem.execution.per_sample)
+    else:
+        stats.n_accepted, stats.n_rejected = carry.accepted, carry.rejected
+        stats.last_dt = carry.last_dt
+        failed = carry.status != RUNNING
+    problem.outcome.status = torch.as_tensor(carry.status).reshape(-1)
+    if not problem.execution.per_sample:
+        problem.outcome.status = problem.outcome.status[0]
+    problem.outcome.error = loop.failure(carry, stats.nfe) if failed else None
+    if problem.outcome.error is not None and problem.raise_on_failure:
+        raise problem.outcome.error
+    return loop.values(carry).reshape(len(problem.times), -1)
+
+
+def _record_rows(stats: SolverStats, loop: Loop, carry: Carry, per_sample: bool) -> bool:
+    """Row statistics in one host synchronisation; whether some row failed.
+
+    ``n_accepted`` / ``n_rejected`` are those of the row that attempted the most steps and
+    ``last_dt`` its last step; per-sample solves also get every row's counts."""
+    attempts = carry.accepted + carry.rejected
+    slowest = attempts.argmax()
+    summary: list[Any] = torch.stack(
+        [
+            carry.iterations.double(),
+            carry.accepted[slowest].double(),
+            carry.rejected[slowest].double(),
+            carry.last_dt[slowest],
+            (carry.status != RUNNING).any().double(),
+        ]
+    ).tolist()
+    iterations, accepted, rejected, last_dt, failed = summary
+    per_iteration = _evaluations_per_iteration(loop)
+    stats.nfe += int(iterations) * per_iteration
+    stats.n_accepted, stats.n_rejected, stats.last_dt = int(accepted), int(rejected), last_dt
+    if per_sample:
+        before = stats.nfe - int(iterations) * per_iteration
+        nfe = before + attempts * per_iteration
+        stats.per_sample = PerSampleStats(nfe, carry.accepted, carry.rejected, carry.last_dt)
+    return bool(failed)
+

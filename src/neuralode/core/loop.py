@@ -1,0 +1,417 @@
+"""The one step loop.
+
+From (t0, y0) to the last output time: size the first step (Hairer's starting step), then attempt
+steps; each attempt is the stepper's step, the controller's verdict and next step size, the
+dense output at every output time the accepted step passed, and a status per row when the solve
+cannot go on (step-size underflow, NaN/Inf, too many steps). The loop never raises: failures are
+statuses, which :meth:`Loop.failure` turns into the errors of :mod:`neuralode.errors`.
+
+One iteration (:meth:`Loop.attempt`) is written once, over rows of the state and a clock whose
+arithmetic (:mod:`neuralode.core.arith`) is either
+
+* :data:`~neuralode.core.arith.SCALAR`: one row, Python floats; outputs are collected as the
+  steps pass them; f(t1, y1) of a method that does not provide it is evaluated only when needed.
+  The shared-step eager solve, implicit steppers, events and checkpointed segments run so.
+* :data:`~neuralode.core.arith.ROWS`: R rows, (R,) tensors, masked updates and no branch on a
+  value: per-sample steps (R = B), and the compiled solve (:mod:`neuralode.core.compiled`),
+  which runs the same iteration inside ``torch.compile`` as one ``while_loop``.
+
+Time is kept in float64 whatever the state's dtype. Step-size control runs under no_grad.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from .arith import Arith
+from .controllers import AdaptiveController, FixedGrid
+from .steppers import Field, combine, interpolate
+from .tableau import Tableau
+
+RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED = 0, 1, 2, 3, 4
+"""Row statuses: 0 while running or done, else why the row stopped short of the end (STOPPED:
+a watcher of the accepted steps ended the solve)."""
+
+
+class Carry(NamedTuple):
+    """Where the loop stands between iterations; clock values are floats (one row) or (R,)
+    tensors, states (R, N).
+
+    Attributes:
+        t: time reached; dt: magnitude of the next step; memory: the controller's (r1, r2);
+        last_dt: magnitude of the last accepted step (NaN before one).
+        y, f: the state and dy/dt at t (f None: evaluate it when needed).
+        outputs: scalar clock: tuple of (m, 1, N) blocks of states at the output times passed;
+            rows: (T, R, N) with the passed times filled in.
+        next_output: scalar clock: index of the next output time (rows: None).
+        accepted, rejected, status: counts and status of each row; iterations: attempts.
+    """
+
+    t: Any
+    dt: Any
+    memory: tuple[Any, Any]
+    last_dt: Any
+    y: torch.Tensor
+    f: torch.Tensor | None
+    outputs: Any
+    next_output: int | None
+    accepted: Any
+    rejected: Any
+    status: Any
+    iterations: Any
+
+
+@dataclass
+class AcceptedStep:
+    """One accepted step from (t, y) to (t1, y1), (1, N) rows, as a watcher of
+    :meth:`Loop.run` sees it (scalar clock)."""
+
+    loop: Loop
+    t: float
+    y: torch.Tensor
+    t1: float
+    y1: torch.Tensor
+    ks: list[torch.Tensor]
+    end_derivative: torch.Tensor | None  # f(t1, y1) if the method evaluated it
+
+    @property
+    def f1(self) -> torch.Tensor:
+        """dy/dt at the step's end, (1, N) (evaluated once, if the method has not)."""
+        if self.end_derivative is None:
+            self.end_derivative = self.loop.field(self.t1, self.y1)
+        return self.end_derivative
+
+    def at(self, times: list[float]) -> torch.Tensor:
+        """The dense output at ``times`` inside the step: (len(times), N)."""
+        return self.loop.dense(self.t, self.y, self.t1 - self.t, self.ks, self.f1, times)[:, 0]
+
+
+Watch = Callable[[AcceptedStep], bool]
+
+
+class Loop:
+    """Solves from ``times[0]`` through ``times[-1]``.
+
+    Args:
+        stepper: what a step is (:mod:`neuralode.core.steppers`).
+        controller: an adaptive controller or a fixed grid.
+        times: strictly monotonic output times, floats (the last may be ±inf: an event search).
+        field: the vector field on rows (see :data:`~neuralode.core.steppers.Field`).
+        arith: the clock's arithmetic (scalar or rows).
+        max_num_steps: bound on attempted steps (iterations).
+    """
+
+    def __init__(
+        self,
+        stepper: Any,
+        controller: AdaptiveController | FixedGrid,
+        times: Sequence[float],
+        field: Field,
+        arith: Arith,
+        max_num_steps: int,
+    ) -> None:
+        self.stepper, self.tableau = stepper, stepper.tableau
+        self.controller, self.field, self.arith = controller, field, arith
+        self.times, self.max_num_steps = list(times), max_num_steps
+        first, last = self.times[0], self.times[-1]
+        self.direction = 1.0 if last >= first else -1.0
+        span = abs(last - first)
+        self.span = span if math.isfinite(span) else 0.0  # (an open-ended solve: t itself)
+        self.t_end: Any = last
+        # f(t1, y1) is evaluated lazily on one row; rows evaluate it every iteration.
+        self.lazy_end = not arith.rows and not self.tableau.fsal
+
+    def on(self, device: torch.device) -> Loop:
+        """Rows: the output times and end as float64 tensors on ``device`` (separate tensors:
+        views of one would alias inside the compiled loop)."""
+        self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
+        self.t_end = torch.tensor(self.times[-1], dtype=torch.float64, device=device)
+        return self
+
+    # -- before the first step ---------------------------------------------------------------
+
+    def start(self, y0: torch.Tensor, f0: torch.Tensor, first_dt: Any) -> Carry:
+        """The carry before the first step from rows y0, f0 (R, N); ``first_dt`` a float or (R,)
+        tensor, or None for the starting step of :meth:`initial_step` (one more evaluation)."""
+        arith, rows = self.arith, y0.shape[0]
+        status: Any = RUNNING
+        if arith.rows:
+            t = self.times_tensor[0].expand(rows)
+            outputs = torch.cat([y0[None], y0.new_zeros((len(self.times) - 1, *y0.shape))])
+            zero = torch.zeros(rows, dtype=torch.long, device=y0.device)
+            status = torch.where(torch.isfinite(f0).all(dim=1), zero, NONFINITE)
+            counts: tuple[Any, Any, Any] = (zero, zero, zero.new_zeros(()))
+            one = torch.ones_like(t)
+            memory, last_dt = (one, one), torch.full_like(t, math.nan)
+        else:
+            t, outputs = self.times[0], (y0[None],)
+            counts = (0, 0, 0)
+            memory, last_dt = (1.0, 1.0), math.nan
+        if isinstance(self.controller, FixedGrid):
+            dt = self.controller.next_step(self.times[0])
+        elif first_dt is not None:
+            dt = first_dt
+        else:
+            dt, finite = self.initial_step(t, y0, f0)
+            status = arith.where(finite, status, NONFINITE)
+        next_output = None if arith.rows else 1
+        accepted, rejected, iterations = counts
+        return Carry(t, dt, memory, last_dt, y0, f0, outputs, next_output, accepted, rejected,
+                     status, iterations)  # fmt: skip
+
+    def initial_step(self, t: Any, y: torch.Tensor, f: torch.Tensor) -> tuple[Any, Any]:
+        """Hairer, Nørsett & Wanner's starting step of each row (Solving ODEs I, II.4), and
+        whether f is finite. One extra evaluation."""
+        arith, tolerance, direction = self.arith, self.controller.tolerance, self.direction
+        with torch.no_grad():
+            scale = tolerance.scale(y, y)
+            d0, d1 = tolerance.ratio(arith, y, scale), tolerance.ratio(arith, f, scale)
+            finite = arith.isfinite(d1)
+            if not arith.rows and not finite:  # an infinite relative slope, or a NaN in f?
+                finite = bool(torch.isfinite(f).all())
+            small = (d0 < 1e-5) | (d1 < 1e-5)
+            h0 = arith.where(small, 1e-6, 0.01 * d0 / arith.where(small, 1.0, d1))
+            h0 = arith.where(arith.isfinite(h0) & (h0 > 0), h0, 1e-6)
+            step = direction * h0
+            f1 = self.field(t + step, y + arith.step_factor(step, y) * f)
+            d2 = tolerance.ratio(arith, f1 - f, scale) / h0
+            largest = arith.clamp_min(d1, d2)
+            order = self.controller.error_order
+            h1 = arith.where(
+                largest <= 1e-15,
+                arith.clamp_min(h0 * 1e-3, 1e-6),
+                (0.01 / arith.clamp_min(largest, 1e-300)) ** (1.0 / (order + 1)),
+            )
+            h = arith.minimum(100 * h0, h1)
+            h = arith.where(arith.isfinite(h) & (h > 0), h, 1e-6)
+            return arith.clip(h, self.controller.min_step, self.controller.max_step), finite
+
+    # -- the iteration -----------------------------------------------------------------------
+
+    def running(self, c: Carry) -> Any:
+        """Some row is short of the end, has no failure status, and the step bound is not
+        reached (a bool, or a 0-d bool tensor for rows)."""
+        active = (self.direction * (self.t_end - c.t) > 0) & (c.status == RUNNING)
+        if self.arith.rows:
+            return active.any() & (c.iterations < self.max_num_steps)
+        return active and c.iterations < self.max_num_steps
+
+    def attempt(self, c: Carry, watch: Watch | None = None) -> Carry:
+        """One attempted step of every row that is running (rows that are not step by 0)."""
+        arith, direction, tableau = self.arith, self.direction, self.tableau
+        remaining = direction * (self.t_end - c.t)
+        active = (remaining > 0) & (c.status == RUNNING)
+        last = active & (c.dt >= remaining)
+        step = direction * arith.where(active, arith.minimum(c.dt, remaining), 0.0)
+        t1 = arith.where(last, self.t_end, c.t + step)
+        f = self.field(c.t, c.y) if c.f is None else c.f
+        ks, y1 = self.stepper.step(self.field, arith, c.t, c.y, f, step)
+        if tableau.fsal:
+            f1 = ks[-1]
+        else:
+            f1 = None if self.lazy_end else self.field(t1, y1)
+        magnitude = arith.absolute(step)
+        with torch.no_grad():
+            if isinstance(self.controller, FixedGrid):
+                finite = arith.isfinite(arith.clock(torch.linalg.vector_norm(y1, math.inf)))
+                accept, dt, memory = active & finite, self.controller.next_step(t1), c.memory
+                failed, why = arith.and_not(active, finite), NONFINITE
+                dt = arith.where(failed, magnitude, dt)
+            else:
+                error = _error(tableau, ks, arith)
+                scale = self.controller.tolerance.scale(c.y, y1)
+                ratio = magnitude * self.controller.tolerance.ratio(arith, error, scale)
+                accept, dt, memory = self.controller.propose(
+                    arith, ratio, magnitude, c.memory, active
+                )
+                resolution = 10.0 * arith.ulp(arith.clamp_min(arith.absolute(c.t), self.span))
+                failed = arith.and_not(active, accept) & (dt < resolution)
+                why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
+        status = arith.where(failed, why, c.status)
+        rejected = arith.and_not(active, accept)
+        if watch is not None and accept:
+            seen = AcceptedStep(self, c.t, c.y, t1, y1, ks, f1)
+            stop = watch(seen)
+            f1 = seen.end_derivative
+            if stop:  # the watcher has what it needs: end here, at t1
+                return c._replace(t=t1, y=y1, f=f1, status=STOPPED, accepted=c.accepted + 1,
+                                  iterations=c.iterations + 1)  # fmt: skip
+        outputs, next_output, f1 = self._record(c, t1, y1, step, ks, f1, accept)
+        if arith.rows:
+            keep = accept[:, None]
+            y_next = torch.where(keep, y1, c.y)
+            f_next = torch.where(keep, f1, c.f)
+        else:
+            y_next, f_next = (y1, f1) if accept else (c.y, f)
+        return Carry(
+            arith.where(accept, t1, c.t),
+            dt,
+            memory,
+            arith.where(accept, magnitude, c.last_dt),
+            y_next,
+            f_next,
+            outputs,
+            next_output,
+            c.accepted + arith.count(accept),
+            c.rejected + arith.count(rejected),
+            status,
+            c.iterations + 1,
+        )
+
+    def _record(
+        self,
+        c: Carry,
+        t1: Any,
+        y1: torch.Tensor,
+        step: Any,
+        ks: list[torch.Tensor],
+        f1: torch.Tensor | None,
+        accept: Any,
+    ) -> tuple[Any, int | None, torch.Tensor | None]:
+        """The outputs with every output time in (t, t1] of an accepted step filled in from the
+        step's dense output; f1 (evaluated if the dense output needed it)."""
+        direction = self.direction
+        if self.arith.rows:
+            times, t = self.times_tensor[:, None], c.t[None]
+            passed = accept & (direction * (times - t) > 0) & (direction * (t1 - times) >= 0)
+
+            def fill(outputs: torch.Tensor) -> torch.Tensor:
+                theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
+                h = self.arith.step_factor(step, c.y)
+                values = interpolate(self.tableau, c.y, h, [*ks, f1], theta)
+                return torch.where(passed[..., None], values, outputs)
+
+            if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
+                return fill(c.outputs), None, f1
+            return (fill(c.outputs) if bool(passed.any()) else c.outputs), None, f1
+        if not accept:
+            return c.outputs, c.next_output, f1
+        times, first = self.times, c.next_output
+        index = first
+        while index < len(times) and direction * (times[index] - t1) <= 0:
+            index += 1
+        interior = [times[j] for j in range(first, index) if times[j] != t1]
+        blocks = []
+        if interior:
+            if f1 is None:
+                f1 = self.field(t1, y1)
+            blocks.append(self.dense(c.t, c.y, step, ks, f1, interior))
+        if index > first and times[index - 1] == t1:
+            blocks.append(y1[None])
+        return c.outputs + tuple(blocks), index, f1
+
+    def dense(
+        self,
+        t: float,
+        y: torch.Tensor,
+        step: float,
+        ks: list[torch.Tensor],
+        f1: torch.Tensor,
+        times: list[float],
+    ) -> torch.Tensor:
+        """Dense output of one row's step from (t, y) at ``times`` inside it: (m, 1, N)."""
+        theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
+                             device=y.device)  # fmt: skip
+        return interpolate(self.tableau, y, step, [*ks, f1], theta)
+
+    # -- running and ending ------------------------------------------------------------------
+
+    def run(
+        self,
+        c: Carry,
+        most: int | None = None,
+        watch: Watch | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> Carry:
+        """Iterate eagerly while the loop runs (at most ``most`` iterations; until ``watch``,
+        shown each accepted step, returns True); ``started`` is called as each begins."""
+        done = 0
+        while (most is None or done < most) and bool(self.running(c)):
+            if started is not None:
+                started()
+            c = self.attempt(c, watch)
+            done += 1
+        return c
+
+    def finished(self, c: Carry) -> Carry:
+        """The final carry with rows still short of the end marked MAX_STEPS."""
+        behind = self.direction * (self.t_end - c.t) > 0
+        short = behind & (c.status == RUNNING)
+        return c._replace(status=self.arith.where(short, MAX_STEPS, c.status))
+
+    def values(self, c: Carry) -> torch.Tensor:
+        """The states at the output times, (T, R, N); NaN at the times a row did not reach."""
+        if self.arith.rows:
+            unreached = self.direction * (self.times_tensor[:, None] - c.t[None]) > 0
+            if c.status.any():
+                return torch.where(unreached[..., None], math.nan, c.outputs)
+            return c.outputs
+        reached = torch.cat(c.outputs)
+        missing = len(self.times) - reached.shape[0]
+        return torch.cat([reached, reached.new_full((missing, *reached.shape[1:]), math.nan)])
+
+    def failure(self, c: Carry, nfe: int) -> SolverError | None:
+        """The error of the first row that stopped short of the end (None if none did)."""
+        status = c.status
+        if self.arith.rows:
+            failed = (status != RUNNING).nonzero()
+            if failed.numel() == 0:
+                return None
+            row = int(failed[0])
+            where = f" in sample {row}" if status.shape[0] > 1 else ""
+            kind, at, dt = int(status[row]), float(c.t[row]), float(c.dt[row])
+            steps = int(c.accepted[row] + c.rejected[row])
+        else:
+            if status == RUNNING:
+                return None
+            where, kind, at, dt = "", status, c.t, c.dt
+            steps = c.accepted + c.rejected
+        return failure_error(kind, at, dt, steps, self, where, nfe)
+
+
+def failure_error(
+    kind: int, at: float, dt: float, steps: int, loop: Loop, where: str, nfe: int
+) -> SolverError:
+    """The error for a row's failure status: the problem, the time, and the fix."""
+    if kind == NONFINITE:
+        if steps == 0:
+            return NonFiniteStateError(
+                f"dy/dt is NaN or Inf at the initial time t={at:.6g}{where}", at
+            )
+        if isinstance(loop.controller, FixedGrid):
+            end = at + loop.direction * dt
+            return NonFiniteStateError(
+                f"the state became NaN or Inf in the step from t={at:.6g} to t={end:.6g}{where}",
+                at,
+            )
+        return NonFiniteStateError(
+            f"the state became NaN or Inf at t={at:.6g}{where}: every step from there produced "
+            f"non-finite values, down to dt={dt:.3g}",
+            at,
+        )
+    if kind == UNDERFLOW:
+        return StepSizeUnderflowError(
+            f"step size underflow at t={at:.6g}{where}: dt={dt:.3g} is below the resolution of "
+            "t; the problem may be stiff or the vector field singular or discontinuous there",
+            at,
+        )
+    return MaxStepsExceededError(
+        f"max_num_steps={loop.max_num_steps} exceeded at t={at:.6g}{where} (integrating from "
+        f"t={loop.times[0]:.6g} to t={loop.times[-1]:.6g}) after {nfe} function evaluations; "
+        "raise options={'max_num_steps': ...}, loosen rtol/atol, or use method='rosenbrock23' "
+        "if the problem is stiff",
+        at,
+    )
+
+
+def _error(tableau: Tableau, ks: list[torch.Tensor], arith: Arith) -> torch.Tensor:
+    """The error estimate per unit step, Σ_s b_err[s] ks[s], (R, N)."""
+    if arith.rows:
+        return combine(tableau.b_err, ks)
+    return torch.mm(tableau.tensors(ks[0].dtype, ks[0].device).b_err, torch.cat(ks))

@@ -1,0 +1,199 @@
+"""Steppers: what one step is.
+
+A stepper takes the step from (t, y) with f = f(t, y) and returns its stages k and the solution
+y1 at its end. Everything else about a step (its error estimate, its dense output, whether the
+last stage is f(t1, y1)) comes from its :class:`~neuralode.core.tableau.Tableau`, so the loop
+treats every stepper alike.
+
+- :class:`ExplicitRK`: any explicit Runge–Kutta tableau, on a single row (shared steps, one
+  matrix product per stage) or on rows (per-sample and compiled solves).
+- :class:`Rosenbrock`: a linearly implicit Rosenbrock W-method (``rosenbrock23``), which
+  factorises W = I − h d J once per step (single row only).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .arith import Arith
+from .rosenbrock_method import RosenbrockMethod
+from .state import FlatField
+from .tableau import Tableau
+
+Field = Callable[[Any, torch.Tensor], torch.Tensor]
+"""field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
+
+
+def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_s weights[s] ks[s] over the stages given, (R, N). Compiled: an unrolled sum that
+    inductor fuses into one kernel; eager: one matrix product of the stacked stages."""
+    if torch.compiler.is_compiling():
+        terms = [w * k for w, k in zip(weights, ks, strict=False) if w != 0.0]
+        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(ks[0])
+    row = torch.tensor(weights[: len(ks)], dtype=ks[0].dtype, device=ks[0].device)
+    stacked = torch.stack(ks)
+    return (row @ stacked.reshape(len(ks), -1)).view(stacked.shape[1:])
+
+
+class ExplicitRK:
+    """An explicit Runge–Kutta method given by its tableau."""
+
+    supports_rows = True
+
+    def __init__(self, tableau: Tableau) -> None:
+        self.tableau = tableau
+
+    def step(
+        self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The stages [k_0 .. k_{S-1}] (each (R, N)) of one step of size ``step`` from (t, y),
+        and y1."""
+        tableau = self.tableau
+        ks = [f]
+        y1 = y
+        if not arith.rows:  # one row: each combination is one (1, i) × (i, N) product
+            rows = tableau.tensors(y.dtype, y.device)
+            for i in range(1, tableau.stages):
+                y1 = torch.addmm(y, rows.a[i], torch.cat(ks), alpha=step)
+                ks.append(field(t + tableau.c[i] * step, y1))
+            if not tableau.fsal:
+                y1 = torch.addmm(y, rows.b, torch.cat(ks), alpha=step)
+            return ks, y1
+        h = arith.step_factor(step, y)
+        for i in range(1, tableau.stages):
+            y1 = y + h * combine(tableau.a[i], ks)
+            ks.append(field(t + tableau.c[i] * step, y1))
+        if not tableau.fsal:
+            y1 = y + h * combine(tableau.b, ks)
+        return ks, y1
+
+
+class Rosenbrock:
+    """A Rosenbrock W-method step on one row (see :mod:`neuralode.core.rosenbrock_method`).
+
+    The Jacobian J = ∂f/∂y comes from autograd (N reverse-mode products, differentiable when f
+    depends on parameters) and T = ∂f/∂t from a forward difference, as in ode23s. A J serves
+    the retries of a rejected step and up to ``jacobian_every`` accepted steps. With
+    ``blocks`` = B > 1 the state is B independent systems: J is B diagonal blocks, costing n
+    products (n features per system) instead of B·n. Counts Jacobians in
+    ``field.stats.n_jacobians``.
+
+    Args:
+        method: the Rosenbrock method.
+        field: the flat field (for the Jacobian's evaluations).
+        blocks: independent diagonal blocks of J (1: the full Jacobian).
+        jacobian_every: accepted steps a Jacobian serves at most.
+    """
+
+    supports_rows = False
+
+    def __init__(
+        self, method: RosenbrockMethod, field: FlatField, blocks: int, jacobian_every: int
+    ) -> None:
+        self.tableau = method
+        self.flat_field = field
+        self.blocks, self.jacobian_every = blocks, jacobian_every
+        self._jacobian: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._jacobian_t: float | None = None
+        self._uses = 0
+        self._last_attempt: float | None = None
+
+    def step(
+        self, field: Field, arith: Arith, t: float, y: torch.Tensor, f: torch.Tensor, step: float
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """k = [k1, k2, k3, F2] of one step of size ``step`` from (t, y), and y1."""
+        method = self.tableau
+        jacobian, time_derivative = self._current_jacobian(t, y, f)  # (blocks, n, n), (1, N)
+        blocks, n = jacobian.shape[:2]
+        identity = torch.eye(n, dtype=y.dtype, device=y.device)
+        factors = torch.linalg.lu_factor(identity - (step * method.d) * jacobian)
+
+        def solve(rhs: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.lu_solve(*factors, rhs.view(blocks, n, 1)).view(1, -1)
+
+        hdt = (step * method.d) * time_derivative
+        k1 = solve(f + hdt)
+        f_mid = field(t + 0.5 * step, y + (0.5 * step) * k1)
+        k2 = solve(f_mid - k1) + k1
+        y1 = y + step * k2
+        f1 = field(t + step, y1)
+        k3 = solve(f1 - method.e32 * (k2 - f_mid) - 2.0 * (k1 - f) + hdt)
+        return [k1, k2, k3, f1], y1
+
+    def _current_jacobian(
+        self, t: float, y: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J, T) at (t, y), or the last ones while they may serve."""
+        retry = self._last_attempt == t  # the previous attempt from here was rejected
+        self._last_attempt = t
+        if retry and self._jacobian_t != t:
+            self._jacobian = None
+        if not retry:
+            self._uses += 1
+        if self._jacobian is None or self._uses > self.jacobian_every:
+            self._jacobian = self._evaluate_jacobian(t, y, f)
+            self._jacobian_t, self._uses = t, 1
+        return self._jacobian
+
+    def _evaluate_jacobian(
+        self, t: float, y: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """J as (blocks, n, n) diagonal blocks and T = ∂f/∂t as (1, N).
+
+        The i-th cotangent is 1 at feature i of every block, which gives row i of every block
+        when the blocks are independent (under autograd the products are differentiable, so
+        gradients see J's dependence on the parameters). T by a forward difference (one more
+        evaluation; 0 for autonomous fields)."""
+        field = self.flat_field
+        state = y.reshape(-1)
+        blocks = self.blocks
+        n = state.numel() // blocks
+
+        def flat(at: float, x: torch.Tensor) -> torch.Tensor:
+            return field.evaluate(torch.tensor(at, dtype=y.dtype, device=y.device), x)
+
+        differentiable = torch.is_grad_enabled() and f.requires_grad  # f depends on parameters
+        with torch.enable_grad():
+            x = state if state.requires_grad else state.detach().requires_grad_(True)
+            out = flat(t, x)
+            cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
+            rows = []
+            for cotangent in cotangents.expand(n, blocks, n).reshape(n, -1):
+                (row,) = torch.autograd.grad(
+                    out, x, cotangent, retain_graph=True, create_graph=differentiable,
+                    allow_unused=True,
+                ) if out.requires_grad else (None,)  # fmt: skip
+                rows.append(torch.zeros_like(state) if row is None else row)
+        jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
+        delta = (1e-7 if y.dtype == torch.float64 else 1e-3) * max(abs(t), 1.0)
+        time_derivative = (flat(t + delta, state) - f.view(-1)) / delta
+        field.stats.n_jacobians += 1
+        return jacobian, time_derivative.view(1, -1)
+
+
+@functools.cache
+def dense_weights(tableau: Tableau, device: torch.device) -> torch.Tensor:
+    """The dense-output polynomials' coefficients, (powers, basis), float64 on ``device``."""
+    return torch.as_tensor(tableau.dense.T, device=device)
+
+
+def interpolate(
+    tableau: Tableau,
+    y: torch.Tensor,
+    h: Any,
+    basis: list[torch.Tensor],
+    theta: torch.Tensor,
+) -> torch.Tensor:
+    """The dense output of a step from rows y (R, N) of size h (a float, or (R, 1)) with the
+    vectors ``basis`` (the stages, then f1 unless FSAL) at fractions ``theta`` (T, R) float64
+    of the step: (T, R, N)."""
+    dense = dense_weights(tableau, theta.device)
+    n_powers, n_basis = dense.shape
+    powers = torch.stack([theta ** (p + 1) for p in range(n_powers)], dim=-1)
+    weights = (powers @ dense).to(y.dtype)  # (T, R, basis)
+    stacked = torch.stack(basis[:n_basis])  # (basis, R, N)
+    return y + h * torch.einsum("trs,srn->trn", weights, stacked)

@@ -1,0 +1,312 @@
+"""The adjoint sensitivity method (Chen et al. 2018; torchdiffeq's ``odeint_adjoint``).
+
+The forward solve keeps no graph. The backward pass solves the augmented state s = [y, a, g]
+(the state, the adjoint a = ∂L/∂y, the parameter gradient g) from each output time to the one
+before: ds/dt = [f, −aᵀ ∂f/∂y, −aᵀ ∂f/∂θ]. Its problem is built from the forward problem's
+config objects (method, controller, tolerances, execution), or from the ``adjoint_*`` arguments
+where they are given; forward options are never copied.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ..core.config import Execution, Problem, make_controller, make_problem, resolve_method
+from ..core.controllers import AdaptiveController, FixedGrid, Tolerance
+from ..core.execution import integrate
+from ..core.state import FlatField, StateLayout
+from ..core.stats import SolverStats
+from ..errors import ODEInputError
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """The adjoint sensitivity method (torchdiffeq's ``odeint_adjoint``).
+
+    Args:
+        rtol, atol: tolerances of the backward solve (default: the forward ones).
+        method: method of the backward solve (default: the forward one).
+        options: options of the backward solve, parsed as ``odeint``'s (default: the forward
+            problem's controller and execution); ``"norm": "seminorm"`` leaves the
+            parameter-gradient channels out of the error control.
+        params: the tensors to differentiate with respect to (default: ``func.parameters()``).
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    method: str | None = None
+    options: Mapping[str, Any] | None = None
+    params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
+
+    def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        method = problem.method if self.method is None else resolve_method(self.method)
+        if method.implicit:
+            raise ODEInputError(
+                f"the adjoint's backward solve cannot use the implicit method {method.name!r} "
+                "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
+                "adjoint_method='dopri5', or use gradient='backprop'"
+            )
+        params = self._params(problem, y0)
+        return _AdjointSolve.apply(problem, self, y0, *params)
+
+    def _params(self, problem: Problem, y0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        func = problem.field.func
+        if self.params is not None:
+            params = tuple(self.params)
+        elif isinstance(func, torch.nn.Module):
+            params = tuple(func.parameters())
+        else:
+            raise ODEInputError(
+                "the adjoint method needs the parameters of func: pass func as an nn.Module or "
+                "give adjoint_params=(tensors func depends on)"
+            )
+        params = tuple(p for p in params if p.requires_grad)
+        if torch.is_grad_enabled():
+            missing = _unlisted_leaves(problem, y0, params)
+            if missing:
+                shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
+                raise ODEInputError(
+                    f"func depends on {len(missing)} tensor(s) that require grad but are not in "
+                    f"adjoint_params (shapes {shapes}); their gradients would be lost: add them to "
+                    "adjoint_params or register them as parameters of func"
+                )
+        return params
+
+    def backward_problem(
+        self, problem: Problem, params: Sequence[torch.Tensor], times: list[float]
+    ) -> Problem:
+        """The augmented problem s = [y, a, g] on one interval between output times, from the
+        last time to the first."""
+        size = problem.y0.numel()
+        n_params = sum(p.numel() for p in params)
+        compiled = problem.execution.compiled and self.options is None
+        vector_jacobian = _functional_vjp(problem, params) if compiled else None
+        if vector_jacobian is None:
+            compiled = False  # autograd.grad cannot be traced into the loop
+            vector_jacobian = _autograd_vjp(problem, params)
+
+        def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            f, vjps = vector_jacobian(t, s[:size], -s[size : 2 * size])
+            return torch.cat(
+                [f]
+                + [
+                    torch.zeros_like(p).reshape(-1) if v is None else v.reshape(-1)
+                    for v, p in zip(vjps, (f, *params), strict=True)
+                ]
+            )
+
+        state = problem.y0.new_zeros(2 * size + n_params)
+        if self.options is not None:  # the backward solve configured as a solve of its own
+            options = dict(self.options)
+            norm = options.pop("norm", None)
+            rtol, atol = problem.tolerance.rtol.min(), problem.tolerance.atol.min()
+            built = make_problem(
+                augmented,
+                state,
+                torch.tensor(times, dtype=torch.float64, device=state.device),
+                float(rtol) if self.rtol is None else self.rtol,
+                float(atol) if self.atol is None else self.atol,
+                self.method or problem.method,
+                options,
+            )
+            return _with_augmented_norm(built, norm, size)
+        layout = StateLayout(state)
+        stats = SolverStats()
+        method = problem.method if self.method is None else resolve_method(self.method)
+        tolerance = self._tolerance(problem.tolerance, size, n_params)
+        controller: AdaptiveController | FixedGrid
+        if isinstance(problem.controller, FixedGrid) and not method.adaptive:
+            controller = problem.controller.within(times[0], times[-1])
+        elif not method.adaptive:
+            controller = FixedGrid((times[0], times[-1]))
+        elif isinstance(problem.controller, AdaptiveController):
+            controller = replace(problem.controller, error_order=method.error_order,
+                                 tolerance=tolerance)  # fmt: skip
+        else:
+            controller = make_controller(method, tolerance, {})
+        built = Problem(
+            layout,
+            state,
+            times,
+            FlatField(augmented, layout, stats),
+            method,
+            tolerance,
+            controller,
+            Execution(compiled=compiled),
+            problem.max_num_steps,
+            stats=stats,
+        )
+        return _with_augmented_norm(built, None, size)
+
+    def _tolerance(self, forward: Tolerance, size: int, n_params: int) -> Tolerance:
+        """The backward tolerances: the adjoint's own numbers, or the forward's per component
+        for y and a and their tightest for the parameter gradient."""
+
+        def augmented(given: float | None, forward_value: torch.Tensor) -> torch.Tensor:
+            if given is not None:
+                return torch.scalar_tensor(given, dtype=forward_value.dtype,
+                                           device=forward_value.device)  # fmt: skip
+            if forward_value.dim() == 0:
+                return forward_value
+            tightest = forward_value.min().expand(n_params)
+            return torch.cat([forward_value, forward_value, tightest])
+
+        rtol, atol = augmented(self.rtol, forward.rtol), augmented(self.atol, forward.atol)
+        return Tolerance(rtol, atol, None, bool((atol == 0).any()))
+
+
+def _with_augmented_norm(problem: Problem, norm: Any, size: int) -> Problem:
+    """The backward problem with the augmented state's norm in its controller and tolerance."""
+    if not isinstance(problem.controller, AdaptiveController):
+        return problem
+    tolerance = replace(problem.controller.tolerance, norm=_augmented_norm(norm, size))
+    controller = replace(problem.controller, tolerance=tolerance)
+    return replace(problem, tolerance=tolerance, controller=controller)
+
+
+VectorJacobian = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, Sequence[torch.Tensor | None]],
+]
+"""(t, y, v) → (f(t, y), (vᵀ ∂f/∂y, vᵀ ∂f/∂θ for each parameter)) on flat y."""
+
+
+def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian:
+    """Vector-Jacobian products by torch.autograd.grad (any func, eager). A field whose output
+    depends on neither y nor the parameters has zero products."""
+    flat_field = problem.field
+
+    def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            f = flat_field.evaluate(t, y)
+            if not f.requires_grad:
+                return f, (None,) * (1 + len(params))
+            vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True)
+        return f.detach(), vjps
+
+    return vector_jacobian
+
+
+def _functional_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian | None:
+    """Vector-Jacobian products by torch.func.vjp, which torch.compile traces into the compiled
+    loop; only for an nn.Module func whose parameters are all the adjoint's (None otherwise)."""
+    layout, func = problem.layout, problem.field.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    names = {id(p): name for name, p in func.named_parameters()}
+    if not all(id(p) in names for p in params):
+        return None
+    param_names = [names[id(p)] for p in params]
+
+    def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
+        def call(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            bound = dict(zip(param_names, values, strict=True))
+            out = torch.func.functional_call(func, bound, (t, layout.unflatten(y)))
+            return layout.flatten(out)
+
+        f, pull_back = torch.func.vjp(call, y, *params)
+        return f, pull_back(v)
+
+    return vector_jacobian
+
+
+def _augmented_norm(norm: Any, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Error norm of the augmented state [y (size), a (size), g]: the largest RMS of the three
+    channels, or of y and a alone for ``"seminorm"`` (Kidger et al. 2021), so that leaving the
+    parameter-gradient channel out can only lengthen the steps. A callable is used as given."""
+    if callable(norm):
+        return norm
+    if norm not in (None, "seminorm"):
+        raise ODEInputError(
+            f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
+        )
+    channels = (slice(0, size), slice(size, 2 * size))
+    if norm != "seminorm":
+        channels += (slice(2 * size, None),)
+
+    def mixed_rms(error: torch.Tensor) -> torch.Tensor:
+        error = error.reshape(-1)
+        return torch.stack([_rms(error[c]) for c in channels if error[c].numel()]).max()
+
+    return mixed_rms
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """The leaf tensors that require grad and that ``output``'s autograd graph reaches other
+    than through the (non-leaf) tensors ``through``."""
+    stops = {x.grad_fn for x in through if x.grad_fn is not None}
+    leaves, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def _unlisted_leaves(
+    problem: Problem, y0: torch.Tensor, params: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``
+    (a non-leaf tensor in ``params``, such as a computed condition, covers its own history).
+
+    Leaves that func creates during the call (such as a detached copy of y that requires grad,
+    to take a trace) die with the call's graph and are not reported; only tensors that outlive
+    the call, the ones whose gradients the adjoint would lose, are.
+    """
+    with torch.enable_grad():
+        f0 = problem.first_derivative(y0.detach())
+    known = {id(p) for p in params}
+    candidates = [weakref.ref(leaf) for leaf in _leaves(f0, params) if id(leaf) not in known]
+    del f0
+    return [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+
+
+class _AdjointSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, problem: Problem, mode: Adjoint, y0: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            ys = integrate(problem, y0)
+        ctx.problem, ctx.mode = problem, mode
+        ctx.save_for_backward(ys, *params)
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        problem, mode = ctx.problem, ctx.mode
+        ys, *params = ctx.saved_tensors
+        size = ys.shape[1]
+        adjoint = grad_ys[-1]
+        grad_params = ys.new_zeros(sum(p.numel() for p in params))
+        for i in range(len(problem.times) - 1, 0, -1):
+            backward = mode.backward_problem(
+                problem, params, [problem.times[i], problem.times[i - 1]]
+            )
+            state = torch.cat([ys[i], adjoint, grad_params])
+            end = integrate(backward, state)[-1]
+            adjoint = end[size : 2 * size] + grad_ys[i - 1]
+            grad_params = end[2 * size :]
+            problem.stats.backward_nfe += backward.stats.nfe
+            problem.stats.backward_steps += backward.stats.n_steps
+        grads = [
+            g.view_as(p)
+            for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
+        ]
+        return (None, None, adjoint, *grads)
