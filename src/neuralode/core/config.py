@@ -214,7 +214,8 @@ def make_tolerance(
             _at_resolution(x, name, layout.dtype)
             for x, name in ((rtol_flat, "rtol"), (atol_flat, "atol"))
         )
-    both_zero = int(((rtol_flat == 0) & (atol_flat == 0)).sum()) if adaptive else 0
+    zero = (rtol_flat == 0) & (atol_flat == 0)
+    both_zero = int(zero.expand(layout.size).sum()) if adaptive else 0
     if both_zero:
         raise ODEInputError(
             f"rtol and atol are both 0 for {both_zero} state component(s): no adaptive step can "
