@@ -44,6 +44,9 @@ class Solution:
     status: torch.Tensor
     error: Exception | None
 
+    def __post_init__(self) -> None:
+        self.status = torch.as_tensor(self.status)
+
     @property
     def success(self) -> bool:
         """Every sample reached the last time."""
@@ -91,7 +94,4 @@ def solve(
     flat = with_time_gradients(problem, t, mode.solve, problem.y0)
     ys = problem.layout.unflatten(flat)
     outcome = problem.outcome
-    status = outcome.status
-    if status is None:  # a single output time: nothing to solve
-        status = torch.zeros((), dtype=torch.long)
-    return Solution(t, ys, problem.stats, status, outcome.error)
+    return Solution(t, ys, problem.stats, 0 if outcome.status is None else outcome.status, outcome.error)

@@ -49,10 +49,11 @@ class Execution:
 
 @dataclass
 class Outcome:
-    """How the last solve of a problem ended: each row's status (0-d for shared steps, (B,) per
-    sample; codes in :mod:`neuralode.core.loop`) and the error of the first failed row."""
+    """How the last solve of a problem ended: each row's status (an int or 0-d tensor for shared
+    steps, (B,) per sample; codes in :mod:`neuralode.core.loop`) and the error of the first
+    failed row."""
 
-    status: torch.Tensor | None = None
+    status: torch.Tensor | int | None = None
     error: Exception | None = None
 
 
@@ -214,15 +215,19 @@ def make_tolerance(
             _at_resolution(x, name, layout.dtype)
             for x, name in ((rtol_flat, "rtol"), (atol_flat, "atol"))
         )
-    zero = (rtol_flat == 0) & (atol_flat == 0)
-    both_zero = int(zero.expand(layout.size).sum()) if adaptive else 0
+    plain = _is_number(rtol) and _is_number(atol)  # (checked without a host sync)
+    if not adaptive or (plain and (rtol > 0 or atol > 0)):
+        both_zero = 0
+    else:
+        both_zero = int(((rtol_flat == 0) & (atol_flat == 0)).expand(layout.size).sum())
     if both_zero:
         raise ODEInputError(
             f"rtol and atol are both 0 for {both_zero} state component(s): no adaptive step can "
             "meet a zero error bound; give a positive rtol or atol, or a fixed-step method "
             "(method='rk4', options={'step_size': ...})"
         )
-    return Tolerance(rtol_flat, atol_flat, norm, bool((atol_flat == 0).any()))
+    exact_zero = atol == 0 if _is_number(atol) else bool((atol_flat == 0).any())
+    return Tolerance(rtol_flat, atol_flat, norm, exact_zero)
 
 
 def make_controller(

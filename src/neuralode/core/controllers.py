@@ -51,8 +51,8 @@ class Tolerance:
         within tolerance."""
         scaled = error / scale
         if self.norm is None:
-            rms = torch.linalg.vector_norm(scaled, dim=-1)
-            return arith.clock(rms if arith.rows else rms[0]) * (1.0 / math.sqrt(scaled.shape[-1]))
+            norm = torch.linalg.vector_norm(scaled, dim=-1 if arith.rows else None)
+            return arith.clock(norm) * (1.0 / math.sqrt(scaled.shape[-1]))
         if arith.rows:
             return arith.clock(self.norm(scaled.reshape(-1)).reshape(1))
         return arith.clock(self.norm(scaled.reshape(-1)))

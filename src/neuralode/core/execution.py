@@ -133,9 +133,10 @@ def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
         stats.n_accepted, stats.n_rejected = carry.accepted, carry.rejected
         stats.last_dt = carry.last_dt
         failed = carry.status != RUNNING
-    problem.outcome.status = torch.as_tensor(carry.status).reshape(-1)
-    if not problem.execution.per_sample:
-        problem.outcome.status = problem.outcome.status[0]
+    status = carry.status
+    if loop.arith.rows and not problem.execution.per_sample:
+        status = status[0]
+    problem.outcome.status = status
     problem.outcome.error = loop.failure(carry, stats.nfe) if failed else None
     if problem.outcome.error is not None and problem.raise_on_failure:
         raise problem.outcome.error
