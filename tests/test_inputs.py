@@ -57,7 +57,10 @@ def test_t_repeated() -> None:
 
 
 def test_integer_y0() -> None:
-    message = "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64), got torch.int64"
+    message = (
+        "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64), got "
+        "torch.int64"
+    )
     with raises(ODEInputError, message):
         odeint(decay, torch.tensor([1, 2]), T)
 

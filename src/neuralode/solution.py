@@ -94,4 +94,6 @@ def solve(
     flat = with_time_gradients(problem, t, mode.solve, problem.y0)
     ys = problem.layout.unflatten(flat)
     outcome = problem.outcome
-    return Solution(t, ys, problem.stats, 0 if outcome.status is None else outcome.status, outcome.error)
+    return Solution(
+        t, ys, problem.stats, 0 if outcome.status is None else outcome.status, outcome.error
+    )

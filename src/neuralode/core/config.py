@@ -10,7 +10,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -103,27 +103,12 @@ class Problem:
 
     def first_derivative(self, y0: torch.Tensor) -> torch.Tensor:
         """f(t[0], y0) for a flat y0, checking func's output shape, dtype and device (counted)."""
-        self.stats.nfe += 1
+        self.field.count(1)
         layout = self.layout
         time = torch.full((), self.times[0], dtype=layout.dtype, device=layout.device)
         f0 = self.field.func(time, layout.unflatten(y0))
         _check_derivative(f0, layout)
         return layout.flatten(f0)
-
-    def over(self, times: list[float], **changes: Any) -> Problem:
-        """This problem over other output times (fixed grids restricted to them), with fresh
-        statistics and the given fields changed."""
-        stats = SolverStats()
-        controller = self.controller
-        if isinstance(controller, FixedGrid):
-            controller = controller.within(times[0], times[-1])
-        parts: dict[str, Any] = {
-            "times": times, "controller": controller, "stats": stats, "outcome": Outcome()
-        }  # fmt: skip
-        parts.update(changes)
-        problem = replace(self, **parts)
-        object.__setattr__(problem, "field", FlatField(problem.field.func, problem.layout, stats))
-        return problem
 
 
 def make_problem(
@@ -412,8 +397,7 @@ def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout
     if execution.per_sample:
         if layout.is_tuple or len(layout.shapes[0]) < 1:
             raise ODEInputError(
-                "options['per_sample'] needs y0 to be one tensor whose first dimension is the "
-                "batch"
+                "options['per_sample'] needs y0 to be one tensor whose first dimension is the batch"
             )
         unsupported = sorted({"norm", *fixed} & set(options))
         if unsupported:
@@ -440,9 +424,7 @@ def _grid_option(options: Mapping[str, Any], times: list[float]) -> list[float] 
     if "step_size" in options:
         step_size = options["step_size"]
         if not (_is_number(step_size) and math.isfinite(step_size) and step_size > 0):
-            raise ODEInputError(
-                f"option 'step_size' must be a positive number, got {step_size!r}"
-            )
+            raise ODEInputError(f"option 'step_size' must be a positive number, got {step_size!r}")
         return None
     if "grid" not in options:
         return None

@@ -211,7 +211,7 @@ def make_grid(
         # carry about 6·10⁻⁸·|t|), not a sliver of a step more.
         rounding = 1e-6 * max(abs(t0), abs(t1), step_size)
         n = max(1, math.ceil((abs(t1 - t0) - rounding) / step_size))
-        return FixedGrid(tuple(t0 + direction * step_size * i for i in range(n)) + (t1,))
+        return FixedGrid((*(t0 + direction * step_size * i for i in range(n)), t1))
     if grid is not None:
         return FixedGrid(tuple(grid))
     return FixedGrid(tuple(times))

@@ -64,12 +64,13 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
         if carry is None:  # could not be compiled (warned): the same solve, eagerly
             fallback = replace(problem, execution=replace(problem.execution, compiled=False))
             return integrate(fallback, y0)
+        problem.field.count(1)  # f(t0, y0), evaluated inside the compiled call
     else:
         f0 = problem.first_derivative(y0).view(rows, -1)
-        problem.stats.nfe -= 1  # counted with the others, per iteration
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
                        _evaluations_per_iteration(loop))  # fmt: skip
-    problem.stats.nfe += (1 if first_dt is None else 0) + 1
+    if first_dt is None:
+        problem.field.count(1)  # the starting-step heuristic's evaluation
     return _finish(problem, loop, carry)
 
 
@@ -128,7 +129,7 @@ def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
     carry = loop.finished(carry)
     stats = problem.stats
     if loop.arith.rows:
-        failed = _record_rows(stats, loop, carry, problem.execution.per_sample)
+        failed = _record_rows(problem, loop, carry)
     else:
         stats.n_accepted, stats.n_rejected = carry.accepted, carry.rejected
         stats.last_dt = carry.last_dt
@@ -143,7 +144,7 @@ def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
     return loop.values(carry).reshape(len(problem.times), -1)
 
 
-def _record_rows(stats: SolverStats, loop: Loop, carry: Carry, per_sample: bool) -> bool:
+def _record_rows(problem: Problem, loop: Loop, carry: Carry) -> bool:
     """Row statistics in one host synchronisation; whether some row failed.
 
     ``n_accepted`` / ``n_rejected`` are those of the row that attempted the most steps and
@@ -161,11 +162,11 @@ def _record_rows(stats: SolverStats, loop: Loop, carry: Carry, per_sample: bool)
     ).tolist()
     iterations, accepted, rejected, last_dt, failed = summary
     per_iteration = _evaluations_per_iteration(loop)
-    stats.nfe += int(iterations) * per_iteration
+    stats = problem.stats
+    before = 1 + (problem.first_step is None)  # f(t0, y0) and the starting step's evaluation
+    problem.field.count(int(iterations) * per_iteration)
     stats.n_accepted, stats.n_rejected, stats.last_dt = int(accepted), int(rejected), last_dt
-    if per_sample:
-        before = stats.nfe - int(iterations) * per_iteration
+    if problem.execution.per_sample:
         nfe = before + attempts * per_iteration
         stats.per_sample = PerSampleStats(nfe, carry.accepted, carry.rejected, carry.last_dt)
     return bool(failed)
-

@@ -31,7 +31,7 @@ import torch
 from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from .arith import Arith
 from .controllers import AdaptiveController, FixedGrid
-from .steppers import Field, combine, interpolate
+from .steppers import Field, Stepper, combine, interpolate
 from .tableau import Tableau
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED = 0, 1, 2, 3, 4
@@ -99,7 +99,7 @@ class Loop:
     """Solves from ``times[0]`` through ``times[-1]``.
 
     Args:
-        stepper: what a step is (:mod:`neuralode.core.steppers`).
+        stepper: what a step is (:class:`~neuralode.core.steppers.Stepper`).
         controller: an adaptive controller or a fixed grid.
         times: strictly monotonic output times, floats (the last may be ±inf: an event search).
         field: the vector field on rows (see :data:`~neuralode.core.steppers.Field`).
@@ -109,7 +109,7 @@ class Loop:
 
     def __init__(
         self,
-        stepper: Any,
+        stepper: Stepper,
         controller: AdaptiveController | FixedGrid,
         times: Sequence[float],
         field: Field,
@@ -212,10 +212,7 @@ class Loop:
         t1 = arith.where(last, self.t_end, c.t + step)
         f = self.field(c.t, c.y) if c.f is None else c.f
         ks, y1 = self.stepper.step(self.field, arith, c.t, c.y, f, step)
-        if tableau.fsal:
-            f1 = ks[-1]
-        else:
-            f1 = None if self.lazy_end else self.field(t1, y1)
+        f1 = ks[-1] if tableau.fsal else (None if self.lazy_end else self.field(t1, y1))
         magnitude = arith.absolute(step)
         with torch.no_grad():
             if isinstance(self.controller, FixedGrid):
@@ -235,6 +232,8 @@ class Loop:
                 why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
         status = arith.where(failed, why, c.status)
         rejected = arith.and_not(active, accept)
+        if not arith.rows and accept:
+            self.stepper.accepted()
         if watch is not None and accept:
             seen = AcceptedStep(self, c.t, c.y, t1, y1, ks, f1)
             stop = watch(seen)

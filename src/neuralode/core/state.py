@@ -100,6 +100,11 @@ class FlatField:
         self.is_row = self.plain and len(shape) == 2 and shape[0] == 1
         self.shape = shape
 
+    def count(self, evaluations: int) -> None:
+        """Record evaluations of the field (the one writer of ``stats.nfe``; row solves count
+        theirs per iteration)."""
+        self.stats.nfe += evaluations
+
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """dy/dt at the float time t for the (1, N) row y; returns a (1, N) row (counted)."""
         self.stats.nfe += 1

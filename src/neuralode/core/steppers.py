@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -26,6 +26,30 @@ from .tableau import Tableau
 
 Field = Callable[[Any, torch.Tensor], torch.Tensor]
 """field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
+
+
+class Stepper(Protocol):
+    """What the loop asks of a stepper.
+
+    Attributes:
+        tableau: the method's structure: stages' nodes, error weights and order, FSAL, dense
+            output.
+    """
+
+    tableau: Tableau
+
+    def step(
+        self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The stages (each (R, N)) of one step of size ``step`` from (t, y) with f = f(t, y),
+        and the solution y1 at its end."""
+        ...
+
+    def accepted(self) -> None:
+        """Called after each accepted step (one row): a stepper with memory across steps (a
+        Jacobian, a multistep history) moves it on; an attempt not followed by this call was
+        rejected."""
+        ...
 
 
 def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
@@ -40,9 +64,7 @@ def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ExplicitRK:
-    """An explicit Runge–Kutta method given by its tableau."""
-
-    supports_rows = True
+    """An explicit Runge–Kutta method given by its tableau (on one row or on rows)."""
 
     def __init__(self, tableau: Tableau) -> None:
         self.tableau = tableau
@@ -71,6 +93,9 @@ class ExplicitRK:
             y1 = y + h * combine(tableau.b, ks)
         return ks, y1
 
+    def accepted(self) -> None:
+        """No memory across steps."""
+
 
 class Rosenbrock:
     """A Rosenbrock W-method step on one row (see :mod:`neuralode.core.rosenbrock_method`).
@@ -89,8 +114,6 @@ class Rosenbrock:
         jacobian_every: accepted steps a Jacobian serves at most.
     """
 
-    supports_rows = False
-
     def __init__(
         self, method: RosenbrockMethod, field: FlatField, blocks: int, jacobian_every: int
     ) -> None:
@@ -99,8 +122,12 @@ class Rosenbrock:
         self.blocks, self.jacobian_every = blocks, jacobian_every
         self._jacobian: tuple[torch.Tensor, torch.Tensor] | None = None
         self._jacobian_t: float | None = None
-        self._uses = 0
-        self._last_attempt: float | None = None
+        self._uses = 0  # accepted steps the current Jacobian has served
+        self._retry = False  # the last attempt was rejected
+
+    def accepted(self) -> None:
+        self._uses += 1
+        self._retry = False
 
     def step(
         self, field: Field, arith: Arith, t: float, y: torch.Tensor, f: torch.Tensor, step: float
@@ -127,16 +154,13 @@ class Rosenbrock:
     def _current_jacobian(
         self, t: float, y: torch.Tensor, f: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(J, T) at (t, y), or the last ones while they may serve."""
-        retry = self._last_attempt == t  # the previous attempt from here was rejected
-        self._last_attempt = t
-        if retry and self._jacobian_t != t:
-            self._jacobian = None
-        if not retry:
-            self._uses += 1
-        if self._jacobian is None or self._uses > self.jacobian_every:
+        """(J, T) at (t, y), or the last ones while they may serve: a retry from the point where
+        they were computed reuses them, and so do up to ``jacobian_every`` accepted steps."""
+        stale = self._retry and self._jacobian_t != t
+        if self._jacobian is None or stale or self._uses >= self.jacobian_every:
             self._jacobian = self._evaluate_jacobian(t, y, f)
-            self._jacobian_t, self._uses = t, 1
+            self._jacobian_t, self._uses = t, 0
+        self._retry = True  # until the loop says the step was accepted
         return self._jacobian
 
     def _evaluate_jacobian(

@@ -1,7 +1,8 @@
 """Butcher tableaus as data, and their dense-output polynomials.
 
 A method is a :class:`Tableau`: one explicit Runge–Kutta stepper
-(:class:`neuralode.core.steppers.ExplicitRK`) runs any of them. Dense output is expressed uniformly as polynomials in θ ∈ [0, 1]:
+(:class:`neuralode.core.steppers.ExplicitRK`) runs any of them. Dense output is expressed
+uniformly as polynomials in θ ∈ [0, 1]:
 
     y(t0 + θ·dt) = y0 + dt · Σ_j W_j(θ) v_j,    v = (k_0, …, k_{S-1}, f1)
 

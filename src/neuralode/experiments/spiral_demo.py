@@ -27,9 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import plots
-from ..odeint import odeint
 from ..core.methods import METHODS
 from ..core.stats import SolverStats
+from ..odeint import odeint
 from ..training import resolve_device, seed_everything
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))

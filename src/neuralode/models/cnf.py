@@ -22,8 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..nn.solve import ODEModule, SolverConfig
-from ..nn.solve import State
+from ..nn.solve import ODEModule, SolverConfig, State
 from .trace import NOISES, basis_vectors, sample_noise, vector_jacobian_products
 
 TRACES = ("exact", "hutchinson")
