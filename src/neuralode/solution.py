@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -90,7 +90,7 @@ def solve(
     mode = gradient_mode(gradient)
     problem = make_problem(func, y0, t, rtol, atol, method, options)
     if not raise_on_failure:
-        object.__setattr__(problem, "raise_on_failure", False)
+        problem = replace(problem, raise_on_failure=False)
     flat = with_time_gradients(problem, t, mode.solve, problem.y0)
     ys = problem.layout.unflatten(flat)
     outcome = problem.outcome

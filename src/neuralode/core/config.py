@@ -196,10 +196,7 @@ def make_tolerance(
     except ValueError as error:
         raise ODEInputError(str(error)) from None
     if layout.dtype in LOW_PRECISION:
-        rtol_flat, atol_flat = (
-            _at_resolution(x, name, layout.dtype)
-            for x, name in ((rtol_flat, "rtol"), (atol_flat, "atol"))
-        )
+        rtol_flat, atol_flat = _at_resolution(rtol_flat, atol_flat, layout.dtype)
     plain = _is_number(rtol) and _is_number(atol)  # (checked without a host sync)
     if not adaptive or (plain and (rtol > 0 or atol > 0)):
         both_zero = 0
@@ -320,24 +317,26 @@ def _validate_tolerance(value: Any, name: str) -> None:
             raise ODEInputError(f"{name} must be finite and non-negative, got {v}")
 
 
-_WARNED_RESOLUTION: set[tuple[str, torch.dtype]] = set()
+_WARNED_RESOLUTION: set[torch.dtype] = set()
 
 
-def _at_resolution(tolerance: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """A tolerance below a half-precision state's resolution (its machine epsilon) raised to it,
-    with a warning once per process for each tolerance and dtype."""
+def _at_resolution(
+    rtol: torch.Tensor, atol: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tolerances below a half-precision state's resolution (its machine epsilon) raised to it,
+    with a warning once per process and dtype."""
     eps = torch.finfo(dtype).eps
-    if bool((tolerance >= eps).all()):
-        return tolerance
-    if (name, dtype) not in _WARNED_RESOLUTION:
-        _WARNED_RESOLUTION.add((name, dtype))
+    low = {name: float(x.min()) for name, x in (("rtol", rtol), ("atol", atol)) if x.min() < eps}
+    if low and dtype not in _WARNED_RESOLUTION:
+        _WARNED_RESOLUTION.add(dtype)
+        given = ", ".join(f"{name}={value:.3g}" for name, value in low.items())
         warnings.warn(
-            f"neuralode: {name}={float(tolerance.min()):.3g} is below the resolution of a "
-            f"{dtype} state (eps {eps:.3g}); raised to {eps:.3g} (warned once)",
+            f"neuralode: {given} below the resolution of a {dtype} state (eps {eps:.3g}); "
+            f"raised to {eps:.3g} (warned once)",
             RuntimeWarning,
             stacklevel=5,
         )
-    return tolerance.clamp(min=eps)
+    return rtol.clamp(min=eps), atol.clamp(min=eps)
 
 
 def _check_derivative(f0: State, layout: StateLayout) -> None:

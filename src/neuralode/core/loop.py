@@ -31,7 +31,7 @@ import torch
 from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from .arith import Arith
 from .controllers import AdaptiveController, FixedGrid
-from .steppers import Field, Stepper, combine, interpolate
+from .steppers import Field, Stepper, combine, dense_weights, interpolate
 from .tableau import Tableau
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED = 0, 1, 2, 3, 4
@@ -132,6 +132,7 @@ class Loop:
         views of one would alias inside the compiled loop)."""
         self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
         self.t_end = torch.tensor(self.times[-1], dtype=torch.float64, device=device)
+        self.dense_rows = dense_weights(self.tableau, device)
         return self
 
     # -- before the first step ---------------------------------------------------------------
@@ -283,7 +284,7 @@ class Loop:
             def fill(outputs: torch.Tensor) -> torch.Tensor:
                 theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
                 h = self.arith.step_factor(step, c.y)
-                values = interpolate(self.tableau, c.y, h, [*ks, f1], theta)
+                values = interpolate(self.dense_rows, c.y, h, [*ks, f1], theta)
                 return torch.where(passed[..., None], values, outputs)
 
             if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
@@ -317,7 +318,7 @@ class Loop:
         """Dense output of one row's step from (t, y) at ``times`` inside it: (m, 1, N)."""
         theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
                              device=y.device)  # fmt: skip
-        return interpolate(self.tableau, y, step, [*ks, f1], theta)
+        return interpolate(dense_weights(self.tableau, y.device), y, step, [*ks, f1], theta)
 
     # -- running and ending ------------------------------------------------------------------
 

@@ -206,7 +206,7 @@ def dense_weights(tableau: Tableau, device: torch.device) -> torch.Tensor:
 
 
 def interpolate(
-    tableau: Tableau,
+    dense: torch.Tensor,
     y: torch.Tensor,
     h: Any,
     basis: list[torch.Tensor],
@@ -214,8 +214,7 @@ def interpolate(
 ) -> torch.Tensor:
     """The dense output of a step from rows y (R, N) of size h (a float, or (R, 1)) with the
     vectors ``basis`` (the stages, then f1 unless FSAL) at fractions ``theta`` (T, R) float64
-    of the step: (T, R, N)."""
-    dense = dense_weights(tableau, theta.device)
+    of the step: (T, R, N). ``dense``: the method's :func:`dense_weights`."""
     n_powers, n_basis = dense.shape
     powers = torch.stack([theta ** (p + 1) for p in range(n_powers)], dim=-1)
     weights = (powers @ dense).to(y.dtype)  # (T, R, basis)
