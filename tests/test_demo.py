@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from neuralode.cli import main
-from neuralode.experiments.spiral_demo import PLOT_FILES
+from neuralode.paper.cli import main
+from neuralode.paper.experiments.spiral_demo import PLOT_FILES
 
 
 def test_short_demo_writes_plots_and_metrics(

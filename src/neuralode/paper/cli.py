@@ -12,7 +12,8 @@ import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import __version__
+from neuralode import __version__
+
 from .experiments import (
     augmented,
     bouncing_ball,

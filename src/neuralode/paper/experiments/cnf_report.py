@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuralode.nn import CNF, standard_normal_log_prob
+
 from ..data.toy2d import TARGETS, reference_log_prob
-from ..models import CNF, count_parameters
-from ..models.cnf import standard_normal_log_prob
+from ..mnist_models import count_parameters
 from .cnf import (
     ImageTask,
     LikelihoodTask,

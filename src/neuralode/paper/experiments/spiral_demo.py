@@ -26,10 +26,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from neuralode import METHODS, SolverStats, odeint
+
 from .. import plots
-from ..odeint import odeint
-from ..solvers import METHODS
-from ..stats import SolverStats
 from ..training import resolve_device, seed_everything
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import load_mnist
-from ..models import build_mnist_model, count_parameters
+from ..mnist_models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
 from ..training import resolve_device
 from .mnist import (
@@ -84,7 +84,7 @@ def training_step_memory(model_name: str, gradient: str, threads: int) -> float:
     command = [
         sys.executable,
         "-m",
-        "neuralode.experiments.mnist_report",
+        "neuralode.paper.experiments.mnist_report",
         model_name,
         gradient,
         str(threads),

@@ -4,7 +4,7 @@ An experiment hands :class:`Trainer` its model, optimizer, data source and loss;
 the epochs, shows progress, writes ``log.jsonl``, checkpoints, and resumes a stopped run at the
 batch where it stopped, so that the resumed run ends with the parameters of an uninterrupted one.
 
-Under ``torchrun`` (see :mod:`neuralode.training.distributed`) the loss runs inside
+Under ``torchrun`` (see :mod:`neuralode.paper.training.distributed`) the loss runs inside
 ``DistributedDataParallel``: each rank trains on its slice of every global batch, gradients are
 averaged over the ranks, and the logged metrics and NFE are means over them.
 
@@ -38,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from ..nn import ODEModule
+from neuralode.nn import ODEModule
+
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import BatchSource
 from .device import batch_size, move_to_device
@@ -184,7 +185,7 @@ class Trainer:
     Args:
         model: moved to ``device``.
         optimizer: over the model's parameters.
-        train_data: a :class:`~neuralode.training.data.BatchSource`.
+        train_data: a :class:`~neuralode.paper.training.data.BatchSource`.
         loss_fn: ``loss_fn(model, batch) -> (loss, metrics)``; the batch is on ``device``.
             ``"loss"`` is logged as a metric unless ``metrics`` has its own ``"loss"``.
         out_dir: directory of ``log.jsonl``, ``checkpoint.pt`` and ``model.pt``.
@@ -198,9 +199,9 @@ class Trainer:
         log_every: if given, also log a ``"kind": "step"`` line every ``log_every`` steps.
         config: the experiment's configuration (picklable), saved in the checkpoint and model.
         distributed: this process's rank and world size (default: a process alone; from
-            :func:`~neuralode.training.distributed.join_process_group`); with several ranks the
-            loss runs in ``DistributedDataParallel`` on each rank's slice of the global batch,
-            ``evaluate`` runs on rank 0 only, and only rank 0 prints and writes files.
+            :func:`~neuralode.paper.training.distributed.join_process_group`); with several
+            ranks the loss runs in ``DistributedDataParallel`` on each rank's slice of the global
+            batch, ``evaluate`` runs on rank 0 only, and only rank 0 prints and writes files.
 
     Raises:
         ValueError: ``train_data.batch_size`` is not divisible by the world size.

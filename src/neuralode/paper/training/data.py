@@ -1,4 +1,5 @@
-"""The data source a :class:`~neuralode.training.Trainer` reads, and one over in-memory tensors.
+"""The data source a :class:`~neuralode.paper.training.Trainer` reads, and sources over
+in-memory tensors and over samplers.
 
 A data source has ``len(source)`` batches per epoch and ``source.batches(epoch, start)``, which
 yields batches ``start, start + 1, ...`` of that epoch in an order fixed by (seed, epoch) alone:
