@@ -24,9 +24,9 @@ from neuralode.nn import LatentODE
 from ..data.spirals import WINDOW
 from ..mnist_models import count_parameters
 from ..plots import new_figure, save_figure
+from ..training.run_log import read_log
 from .common import add_device_arguments, start_command
 from .latent import OBSERVATIONS, held_out_spirals, load_model, predict, rmse_scores
-from .mnist_report import read_log
 
 PAPER = {"rnn": (0.3937, 0.3202, 0.1813), "latent_ode": (0.1642, 0.1502, 0.1346)}
 MODEL_NAMES = {

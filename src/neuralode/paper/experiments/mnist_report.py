@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from ..data import load_mnist
 from ..mnist_models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
 from ..training import resolve_device
+from ..training.run_log import read_log
 from .mnist import (
     ADAPTIVE_MODELS,
     MODELS,
@@ -67,15 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(epoch records, step records) of a run's log.jsonl."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return (
-        [r for r in records if r["kind"] == "epoch"],
-        [r for r in records if r["kind"] == "step"],
-    )
 
 
 def training_step_memory(model_name: str, gradient: str, threads: int) -> float:

@@ -1,5 +1,5 @@
-"""A run's ``log.jsonl``: one JSON object per line, appended and flushed line by line, and cut
-back to a checkpoint's size when a run resumes from it."""
+"""A run's ``log.jsonl``: one JSON object per line, appended and flushed line by line, cut back
+to a checkpoint's size when a run resumes from it, and read back by the reports."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ class RunLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(epoch records, step records) of a run's log.jsonl."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return (
+        [r for r in records if r["kind"] == "epoch"],
+        [r for r in records if r["kind"] == "step"],
+    )

@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from neuralode.nn import ODEModule
 
 from .checkpoint import Checkpointer, capture_rng_state, restore_rng_state
-from .data import BatchSource
+from .data import BatchSource, epoch_length
 from .device import batch_size, move_to_device
 from .distributed import DataParallelLoss, Distributed
 from .metrics import EpochTotals, StepReport, solver_nfe
@@ -227,8 +227,9 @@ class Trainer:
     def _train_epoch(self, stop: StopOnSignal) -> None:
         """Train on the rest of the epoch in progress, or until a stop is requested."""
         epoch = self.position.epoch
+        total = epoch_length(self.train_data, epoch)
         description = f"epoch {epoch + 1}/{self.epochs}"
-        with self.progress.epoch_bar(len(self.train_data), self.position.batch, description) as bar:
+        with self.progress.epoch_bar(total, self.position.batch, description) as bar:
             tick = time.perf_counter()
             for batch in self.train_data.batches(epoch, self.position.batch):
                 self._at_boundary = False
