@@ -9,7 +9,7 @@ BIN = $(VENV)/bin
 $(BIN)/neuralode: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[experiments,dev,bench]"
 	touch $@
 
 install: $(BIN)/neuralode

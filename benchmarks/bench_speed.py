@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import neuralode
-from neuralode.models.mnist import odenet
+from neuralode.paper.mnist_models import odenet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_solvers import ConvField, CountingField, MLPField, environment

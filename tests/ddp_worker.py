@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from neuralode.nn import NeuralODE, SolverConfig
-from neuralode.training import TensorBatches, Trainer, save_checkpoint, seed_everything
-from neuralode.training.distributed import join_process_group, leave_process_group
+from neuralode.paper.training import TensorBatches, Trainer, save_checkpoint, seed_everything
+from neuralode.paper.training.distributed import join_process_group, leave_process_group
 
 SAMPLES = 69  # batches of 16, 16, 16, 16 and 5: the last one splits 3 / 2 over two ranks
 

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from neuralode import METHODS
-from neuralode.cli import main
-from neuralode.data.topology import INNER_RADIUS, RING, concentric_circles, map1d
-from neuralode.models import build_mnist_model
-from neuralode.models.mnist import ODEVectorField
 from neuralode.nn import MLPField, NeuralODE, SolverConfig
+from neuralode.paper.cli import main
+from neuralode.paper.data.topology import INNER_RADIUS, RING, concentric_circles, map1d
+from neuralode.paper.mnist_models import ODEVectorField, build_mnist_model
 
 GRADIENTS = ["backprop", "adjoint", "checkpoint"]
 

@@ -11,15 +11,19 @@ import torch
 from torch import nn
 
 from neuralode import METHODS
-from neuralode.models.cnf import (
+from neuralode.nn import (
     CNF,
     ConcatSquashMLP,
+    DiagonalGaussian,
     HyperNetField,
+    PlanarFlow,
+    PlanarLayer,
+    SolverConfig,
+    exact_trace,
+    hutchinson_trace,
+    sample_noise,
     standard_normal_log_prob,
 )
-from neuralode.models.flows import DiagonalGaussian, PlanarFlow, PlanarLayer
-from neuralode.models.trace import exact_trace, hutchinson_trace, sample_noise
-from neuralode.nn import SolverConfig
 
 TIGHT = SolverConfig(rtol=1e-10, atol=1e-10)
 DTYPE = torch.float64

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.cli import main
-from neuralode.experiments.cnf import ImageTask, load_flow
-from neuralode.models import CNF, ConcatSquashMLP
-from neuralode.nn import SolverConfig
+from neuralode.nn import CNF, ConcatSquashMLP, SolverConfig
+from neuralode.paper.cli import main
+from neuralode.paper.experiments.cnf import ImageTask, load_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from neuralode.training import TensorBatches, load_checkpoint
-from neuralode.training.distributed import Distributed
+from neuralode.paper.training import TensorBatches, load_checkpoint
+from neuralode.paper.training.distributed import Distributed
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -133,7 +133,7 @@ def test_bounce_times_differentiate_through_a_chain_of_events() -> None:
     """Each bounce starts where the last ended: the gradient of the third bounce time with
     respect to g and e (through two earlier event times and impact velocities) matches central
     differences."""
-    from neuralode.experiments.bouncing_ball import BouncingBall
+    from neuralode.paper.experiments.bouncing_ball import BouncingBall
 
     ball = BouncingBall(9.81, 0.8)
     third = ball.bounce_times(3)[-1]
@@ -150,7 +150,7 @@ def test_bounce_times_differentiate_through_a_chain_of_events() -> None:
 
 
 def test_bouncing_ball_command_recovers_gravity_and_restitution(tmp_path) -> None:
-    from neuralode.cli import main
+    from neuralode.paper.cli import main
 
     main(["bouncing-ball", "--epochs", "300", "--out", str(tmp_path / "run"),
           "--results", str(tmp_path), "--threads", "1"])  # fmt: skip

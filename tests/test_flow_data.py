@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.data.dequantize import bits_per_dim, dequantize_logit, downscale
-from neuralode.data.toy2d import TARGETS, TOY_DATASETS, reference_log_prob, sample_toy
-from neuralode.experiments.cnf import target_log_normalizer
-from neuralode.training import SampledBatches
+from neuralode.paper.data.dequantize import bits_per_dim, dequantize_logit, downscale
+from neuralode.paper.data.toy2d import TARGETS, TOY_DATASETS, reference_log_prob, sample_toy
+from neuralode.paper.experiments.cnf import target_log_normalizer
+from neuralode.paper.training import SampledBatches
 
 
 @pytest.mark.parametrize("name", sorted(TOY_DATASETS))

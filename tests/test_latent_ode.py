@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralode.cli import main
-from neuralode.data.spirals import TIMES, WINDOW, make_spirals
-from neuralode.models.latent_ode import GapRNN, LatentODE, gaussian_kl
-from neuralode.nn import SolverConfig
+from neuralode.nn import GapRNN, LatentODE, SolverConfig, gaussian_kl
+from neuralode.paper.cli import main
+from neuralode.paper.data.spirals import TIMES, WINDOW, make_spirals
 
 
 def test_spirals_shapes_masks_and_directions() -> None:

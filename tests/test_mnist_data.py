@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralode.data import (
+from neuralode.paper.data import (
     MNIST_MEAN,
     MNIST_STD,
     MNISTBatches,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuralode.cli import main
+from neuralode.paper.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"MNIST not found at {DATA}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode.models import MNIST_PARAMETER_COUNTS, build_mnist_model, count_parameters
 from neuralode.nn import NeuralODE, SolverConfig
+from neuralode.paper.mnist_models import MNIST_PARAMETER_COUNTS, build_mnist_model, count_parameters
 
 NAMES = ["odenet", "resnet", "rknet", "mlp"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from neuralode.nn import ConcatLinear, NeuralODE, SolverConfig
-from neuralode.training import (
+from neuralode.paper.training import (
     FitResult,
     TensorBatches,
     Trainer,

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.nn import ODEModule
+
 from ..data import MNISTBatches, load_mnist
-from ..models import build_mnist_model, count_parameters
-from ..nn import ODEModule
+from ..mnist_models import build_mnist_model, count_parameters
 from ..training import Trainer
 from .common import (
     add_device_arguments,

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuralode.nn import CNF, standard_normal_log_prob
+
 from ..data.toy2d import TARGETS, reference_log_prob
-from ..models import CNF, count_parameters
-from ..models.cnf import standard_normal_log_prob
+from ..mnist_models import count_parameters
+from ..training.run_log import read_log
 from .cnf import (
     ImageTask,
     LikelihoodTask,
@@ -36,7 +38,6 @@ from .cnf import (
 )
 from .cnf_figures import density_grid, plot_image_grid, plot_panels
 from .common import add_device_arguments, start_command
-from .mnist_report import read_log
 
 MODEL_NAMES = {
     "cnf": "CNF",

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralode.nn import LatentODE
+
 from ..data.spirals import WINDOW
-from ..models import count_parameters
-from ..models.latent_ode import LatentODE
+from ..mnist_models import count_parameters
 from ..plots import new_figure, save_figure
+from ..training.run_log import read_log
 from .common import add_device_arguments, start_command
 from .latent import OBSERVATIONS, held_out_spirals, load_model, predict, rmse_scores
-from .mnist_report import read_log
 
 PAPER = {"rnn": (0.3937, 0.3202, 0.1813), "latent_ode": (0.1642, 0.1502, 0.1346)}
 MODEL_NAMES = {
@@ -95,10 +96,10 @@ def format_table(rows: list[dict[str, Any]], test_size: int) -> str:
     lines = [
         "# Latent ODE against an RNN on irregularly sampled spirals (Table 2)\n",
         "",
-        "Made by `neuralode latent report`. Data (`neuralode.data.spirals`): Archimedean spirals "
-        "r = 0.3 θ as in the public example, half of them mirrored (clockwise), θ advancing 6π/999 "
-        "per time step, each from its own start angle θ0 ~ U[0.6π, 4.8π]; 200 equally spaced "
-        "times t = 0, 0.01, …, 1.99 (0.6 of a turn); Gaussian "
+        "Made by `neuralode latent report`. Data (`neuralode.paper.data.spirals`): Archimedean "
+        "spirals r = 0.3 θ as in the public example, half of them mirrored (clockwise), θ "
+        "advancing 6π/999 per time step, each from its own start angle θ0 ~ U[0.6π, 4.8π]; 200 "
+        "equally spaced times t = 0, 0.01, …, 1.99 (0.6 of a turn); Gaussian "
         f"noise of std {' / '.join(f'{s:g}' for s in noise)}. "
         f"{' / '.join(f'{n:,}' for n in train_sizes)} training spirals; each "
         "observes n random points (its own) among the first 100 times. Scores on "

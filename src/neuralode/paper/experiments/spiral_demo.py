@@ -10,6 +10,9 @@ whole time span and compared with the full true trajectory.
 
 `neuralode demo` prints a table of the checkpoints and writes trajectories.png,
 vector_field.png, training.png and metrics.json to --out; train_spiral() is the same from Python.
+The shared trainer runs the iterations, one epoch from a checkpoint to the next: --out also gets
+its log.jsonl (a line per iteration), checkpoint.pt and model.pt, and --resume continues a run
+that was stopped.
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from neuralode import METHODS, odeint
+from neuralode.nn import NeuralODE, SolverConfig
 
 from .. import plots
-from ..core.methods import METHODS
-from ..core.stats import SolverStats
-from ..odeint import odeint
-from ..training import resolve_device, seed_everything
+from ..training import Trainer, resolve_device, seed_everything
+from ..training.run_log import read_log
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))
 Y0 = (2.0, 0.0)
@@ -100,16 +104,17 @@ class SpiralResult:
     """Everything a run produced; arrays are NumPy on the CPU.
 
     Attributes:
+        model: the trained model (its field is ``model.func``).
         t: observation times, shape (T,).
         true_y: true trajectory, shape (T, 2).
         learned_y: the trained model's trajectory from the same y(0), shape (T, 2).
         train_loss, train_nfe: loss and forward NFE of every training iteration.
         true_nfe: NFE of the reference solve of the true system.
-        wall_time_s: seconds from the start of training to the last checkpoint.
+        wall_time_s: seconds of training and evaluation up to the last checkpoint.
     """
 
     config: SpiralConfig
-    model: SpiralField
+    model: NeuralODE
     t: np.ndarray
     true_y: np.ndarray
     learned_y: np.ndarray
@@ -140,31 +145,80 @@ def true_trajectory(
     return t.to(device, torch.float32), y.to(device, torch.float32), stats.nfe
 
 
-def sample_windows(
-    t: torch.Tensor, y: torch.Tensor, batch_size: int, batch_time: int, generator: torch.Generator
+def spiral_model(config: SpiralConfig) -> NeuralODE:
+    """The model: :class:`SpiralField` solved with the config's method and tolerances, gradients
+    by backpropagation through the solver."""
+    solver = SolverConfig(method=config.method, rtol=config.rtol, atol=config.atol)
+    return NeuralODE(SpiralField(config.hidden), solver=solver)
+
+
+def model_trajectory(
+    model: NeuralODE, y0: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """The model's states at times ``t`` from ``y0`` (without gradients) and the solve's NFE."""
+    with torch.no_grad():
+        y = model(y0, t)
+    return y, model.nfe_forward
+
+
+def checkpoint_iterations(iterations: int, count: int) -> list[int]:
+    """The iterations after which the model is evaluated: 0 and ``count`` more, evenly spread
+    (fewer when ``count`` > ``iterations``)."""
+    return sorted({round(k * iterations / count) for k in range(count + 1)})
+
+
+class SpiralWindows:
+    """The training batches: iteration i (1-based) trains on ``batch_size`` windows whose first
+    indices are the i-th draw of one generator seeded by ``seed``. An epoch runs from one
+    checkpoint iteration (``boundaries``, 0 first) to the next, so epochs may differ in length
+    by one. A batch is a 1-tuple with the windows' first indices, shape (batch_size,).
+    """
+
+    def __init__(
+        self,
+        observations: int,
+        batch_size: int,
+        batch_time: int,
+        boundaries: Sequence[int],
+        seed: int,
+    ) -> None:
+        self.observations, self.batch_size, self.batch_time = observations, batch_size, batch_time
+        self.boundaries, self.seed = tuple(boundaries), seed
+
+    def __len__(self) -> int:
+        """Batches in the longest epoch."""
+        return max(self.epoch_length(epoch) for epoch in range(len(self.boundaries) - 1))
+
+    def epoch_length(self, epoch: int) -> int:
+        return self.boundaries[epoch + 1] - self.boundaries[epoch]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        first, end = self.boundaries[epoch] + start, self.boundaries[epoch + 1]
+        for iteration in range(end):  # the draws before ``first`` only advance the generator
+            starts = torch.randint(
+                0, self.observations - self.batch_time, (self.batch_size,), generator=generator
+            )
+            if iteration >= first:
+                yield (starts,)
+
+
+def windows(
+    t: torch.Tensor, y: torch.Tensor, starts: torch.Tensor, batch_time: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random windows of the trajectory: times (L,) starting at t[0], first states (B, 2) and
-    states (L, B, 2), with L = ``batch_time`` and B = ``batch_size``."""
-    starts = torch.randint(0, len(t) - batch_time, (batch_size,), generator=generator)
-    index = starts[None, :] + torch.arange(batch_time)[:, None]
+    """The windows of the trajectory that begin at indices ``starts`` (B,): times (L,) starting
+    at t[0], first states (B, 2) and states (L, B, 2), with L = ``batch_time``."""
+    index = starts[None, :] + torch.arange(batch_time, device=starts.device)[:, None]
     window = y[index.to(y.device)]
     return t[:batch_time], window[0], window
 
 
-def _solve(
-    model: nn.Module, y0: torch.Tensor, t: torch.Tensor, config: SpiralConfig
-) -> tuple[torch.Tensor, SolverStats]:
-    return odeint(
-        model, y0, t, rtol=config.rtol, atol=config.atol, method=config.method, return_stats=True
-    )
-
-
-def _checkpoint_iterations(iterations: int, count: int) -> set[int]:
-    return {round(k * iterations / count) for k in range(count + 1)}
-
-
-def train_spiral(config: SpiralConfig, *, progress: bool = True) -> SpiralResult:
-    """Train the spiral model (Adam, cosine-annealed learning rate) and return the run's record.
+def train_spiral(
+    config: SpiralConfig, out: Path, *, resume: bool = False, progress: bool = True
+) -> SpiralResult | None:
+    """Train the spiral model (Adam, cosine-annealed learning rate) with the shared trainer,
+    which writes its log and checkpoints to ``out``; return the run's record, or None when a
+    signal stopped the run (``resume=True`` continues it from its checkpoint).
 
     Seeded by ``config.seed``: the same config on the same device and thread count reproduces
     the numbers.
@@ -174,70 +228,83 @@ def train_spiral(config: SpiralConfig, *, progress: bool = True) -> SpiralResult
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     t, true_y, true_nfe = true_trajectory(config.t_end, config.data_size, device)
-    model = SpiralField(config.hidden).to(device)
+    model = spiral_model(config).to(device)
+
+    def evaluate(model: NeuralODE) -> dict[str, float]:
+        """The full-trajectory loss and the NFE of its solve."""
+        learned_y, nfe = model_trajectory(model, true_y[0], t)
+        return {"trajectory_loss": float((learned_y - true_y).abs().mean()), "trajectory_nfe": nfe}
+
+    def window_loss(
+        model: NeuralODE, batch: tuple[torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mean absolute error of the model's states through the batch's windows."""
+        window_t, window_y0, window_y = windows(t, true_y, batch[0], config.batch_time)
+        return (model(window_y0, window_t) - window_y).abs().mean(), {}
+
+    tick = time.perf_counter()
+    initial = evaluate(model)  # the untrained model, also when resuming: seeded the same
+    initial_seconds = time.perf_counter() - tick
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.iterations, eta_min=config.lr / 100
     )
-    checkpoint_at = _checkpoint_iterations(config.iterations, config.checkpoints)
-    train_loss: list[float] = []
-    train_nfe: list[int] = []
-    checkpoints: list[Checkpoint] = []
-    start = time.perf_counter()
-
-    def evaluate(iteration: int) -> np.ndarray:
-        """Append the checkpoint after ``iteration`` updates; return the model's trajectory."""
-        with torch.no_grad():
-            learned_y, stats = _solve(model, true_y[0], t, config)
-        since = slice(checkpoints[-1].iteration if checkpoints else 0, iteration)
-        recent_loss, recent_nfe = train_loss[since], train_nfe[since]
+    boundaries = checkpoint_iterations(config.iterations, config.checkpoints)
+    data = SpiralWindows(
+        config.data_size, config.batch_size, config.batch_time, boundaries, config.seed
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        data,
+        window_loss,
+        out_dir=out,
+        epochs=len(boundaries) - 1,
+        device=device,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        evaluate=evaluate,
+        log_every=1,
+        config=asdict(config),
+        progress_bar=progress,
+    )
+    if not trainer.fit(resume=resume).completed:
+        return None
+    epochs, steps = read_log(trainer.log_path)
+    train_loss = [step["train"]["loss"] for step in steps]
+    train_nfe = [int(step["nfe_forward"]) for step in steps]
+    checkpoints = [
+        Checkpoint(
+            0, None, None, initial["trajectory_loss"], initial["trajectory_nfe"], initial_seconds
+        )
+    ]
+    elapsed = initial_seconds
+    for epoch in epochs:
+        since = slice(checkpoints[-1].iteration, epoch["step"])
+        elapsed += epoch["seconds"] + epoch["eval_seconds"]
         checkpoints.append(
             Checkpoint(
-                iteration=iteration,
-                window_loss=float(np.mean(recent_loss)) if recent_loss else None,
-                window_nfe=float(np.mean(recent_nfe)) if recent_nfe else None,
-                trajectory_loss=float((learned_y - true_y).abs().mean()),
-                trajectory_nfe=stats.nfe,
-                elapsed_s=time.perf_counter() - start,
+                iteration=epoch["step"],
+                window_loss=float(np.mean(train_loss[since])),
+                window_nfe=float(np.mean(train_nfe[since])),
+                trajectory_loss=epoch["eval"]["trajectory_loss"],
+                trajectory_nfe=int(epoch["eval"]["trajectory_nfe"]),
+                elapsed_s=elapsed,
             )
         )
-        return learned_y.cpu().numpy()
-
-    learned_y = evaluate(0)
-    bar = tqdm(range(1, config.iterations + 1), desc="training", unit="it", disable=not progress)
-    for iteration in bar:
-        window_t, window_y0, window_y = sample_windows(
-            t, true_y, config.batch_size, config.batch_time, generator
-        )
-        predicted, stats = _solve(model, window_y0, window_t, config)
-        loss = (predicted - window_y).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        train_loss.append(loss.item())
-        train_nfe.append(stats.nfe)
-        if iteration in checkpoint_at:
-            learned_y = evaluate(iteration)
-        bar.set_postfix(
-            loss=f"{train_loss[-1]:.2e}",
-            nfe=stats.nfe,
-            traj_loss=f"{checkpoints[-1].trajectory_loss:.3f}",
-            refresh=False,
-        )
+    learned_y, _ = model_trajectory(model, true_y[0], t)
     return SpiralResult(
         config=config,
         model=model,
         t=t.cpu().numpy(),
         true_y=true_y.cpu().numpy(),
-        learned_y=learned_y,
+        learned_y=learned_y.cpu().numpy(),
         true_nfe=true_nfe,
         train_loss=train_loss,
         train_nfe=train_nfe,
         checkpoints=checkpoints,
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=elapsed,
     )
 
 
@@ -272,7 +339,7 @@ def _field_on_grid(
     t0 = torch.zeros((), dtype=y.dtype, device=y.device)
     with torch.no_grad():
         true = true_field(t0, y).cpu().numpy()
-        learned = result.model(t0, y).cpu().numpy()
+        learned = result.model.func(t0, y).cpu().numpy()
     return axis, axis, true, learned
 
 
@@ -284,8 +351,7 @@ def _dense_trajectories(
     config = result.config
     parameter = next(result.model.parameters())
     t, true_y, _ = true_trajectory(config.t_end, factor * config.data_size, parameter.device)
-    with torch.no_grad():
-        learned_y, _ = _solve(result.model, true_y[0], t, config)
+    learned_y, _ = model_trajectory(result.model, true_y[0], t)
     return t.cpu().numpy(), true_y.cpu().numpy(), learned_y.cpu().numpy()
 
 
@@ -395,12 +461,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="folder for the plots and metrics.json"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the stopped run in --out (its checkpoint)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train, print the checkpoint table and write the outputs; returns the exit status (0 on
-    success, 2 for invalid settings)."""
+    success, 2 for invalid settings, 130 when stopped by a signal)."""
     try:
         config = SpiralConfig(
             iterations=args.iterations,
@@ -421,20 +490,23 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        _run(config, args.out, progress=not args.no_progress)
+        completed = _run(config, args.out, resume=args.resume, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
-    return 0
+    return 0 if completed else 130
 
 
-def _run(config: SpiralConfig, out: Path, *, progress: bool) -> None:
-    """Train with ``config``, print the table and write the outputs to ``out``."""
+def _run(config: SpiralConfig, out: Path, *, resume: bool, progress: bool) -> bool:
+    """Train with ``config``, print the table and write the outputs to ``out``; False when the
+    run was stopped."""
     print(
         "Learning the spiral dy/dt = y³ A from its trajectory: "
         f"{config.iterations} iterations of {config.batch_size} windows x "
         f"{config.batch_time} observations on {config.device}."
     )
-    result = train_spiral(config, progress=progress)
+    result = train_spiral(config, out, resume=resume, progress=progress)
+    if result is None:
+        return False
     print()
     print(format_table(result.checkpoints))
     print()
@@ -443,3 +515,4 @@ def _run(config: SpiralConfig, out: Path, *, progress: bool) -> None:
     print(f"Plots and metrics written to {out.resolve()}/:")
     for path in paths:
         print(f"  {path.name}")
+    return True

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..nn.layers import mlp
-from ..nn.solve import ODEModule, SolverConfig
+from .layers import mlp
+from .solve import ODEModule, SolverConfig
 
 
 class AutonomousField(nn.Module):

@@ -1,4 +1,4 @@
-"""The ``neuralode`` command line: one sub-command per experiment.
+"""The sub-commands of ``neuralode``, one per experiment.
 
 Each sub-command is a :class:`Command` in :data:`COMMANDS`: a help line, a function adding its
 options to an ``argparse`` parser, and a function running it from the parsed arguments and
@@ -12,7 +12,8 @@ import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import __version__
+from neuralode import __version__
+
 from .experiments import (
     augmented,
     bouncing_ball,
@@ -177,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``neuralode`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run its command; returns the exit status
     (0 for ``--help`` and ``--version``, 2 for invalid arguments)."""
     parser = build_parser()
     try:

@@ -31,19 +31,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import load_mnist
-from ..data.dequantize import bits_per_dim, dequantize_logit, downscale
-from ..data.toy2d import TARGETS, TOY_DATASETS, sample_toy
-from ..models import (
+from neuralode.nn import (
     CNF,
     ConcatSquashMLP,
     DiagonalGaussian,
     HyperNetField,
     PlanarFlow,
-    count_parameters,
+    SolverConfig,
+    standard_normal_samples,
 )
-from ..models.cnf import standard_normal_samples
-from ..nn import SolverConfig
+
+from ..data import load_mnist
+from ..data.dequantize import bits_per_dim, dequantize_logit, downscale
+from ..data.toy2d import TARGETS, TOY_DATASETS, sample_toy
+from ..mnist_models import count_parameters
 from ..training import SampledBatches, Trainer
 from .cnf_figures import plot_image_grid, plot_samples_2d
 from .common import (

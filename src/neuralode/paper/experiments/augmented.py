@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.nn import MLPField, NeuralODE, SolverConfig
+
 from ..data.topology import concentric_circles, map1d
-from ..nn import MLPField, NeuralODE, SolverConfig
 from ..training import TensorBatches, Trainer
 from .augmented_figures import plot_circles, plot_map1d
 from .common import add_device_arguments, add_run_arguments, run_config, start_training

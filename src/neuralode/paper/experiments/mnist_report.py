@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..data import load_mnist
-from ..models import build_mnist_model, count_parameters
+from ..mnist_models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
 from ..training import resolve_device
+from ..training.run_log import read_log
 from .mnist import (
     ADAPTIVE_MODELS,
     MODELS,
@@ -69,22 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(epoch records, step records) of a run's log.jsonl."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return (
-        [r for r in records if r["kind"] == "epoch"],
-        [r for r in records if r["kind"] == "step"],
-    )
-
-
 def training_step_memory(model_name: str, gradient: str, threads: int) -> float:
     """Peak resident memory (MiB) that one training step on a batch of 128 adds, measured in a
     fresh process with glibc's mmap threshold fixed so freed tensors leave the resident set."""
     command = [
         sys.executable,
         "-m",
-        "neuralode.experiments.mnist_report",
+        "neuralode.paper.experiments.mnist_report",
         model_name,
         gradient,
         str(threads),

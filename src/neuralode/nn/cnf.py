@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..nn.solve import ODEModule, SolverConfig, State
+from .solve import ODEModule, SolverConfig, State
 from .trace import NOISES, basis_vectors, sample_noise, vector_jacobian_products
 
 TRACES = ("exact", "hutchinson")
@@ -57,7 +57,7 @@ class CNFDynamics(nn.Module):
 
     Its parameters are the field's, as the adjoint method needs. The products with the basis
     vectors (exact trace) or the probes (Hutchinson) come from
-    :func:`~neuralode.models.trace.vector_jacobian_products`: computed under ``torch.no_grad()``
+    :func:`~neuralode.nn.trace.vector_jacobian_products`: computed under ``torch.no_grad()``
     too, differentiable when autograd records.
 
     Args:

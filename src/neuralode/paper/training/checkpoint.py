@@ -1,15 +1,23 @@
-"""Checkpoint files written atomically, and capture/restore of every random number generator."""
+"""Checkpoint files written atomically, capture/restore of every random number generator, and
+the checkpoints of a run folder: when to write them, and who writes and reads them."""
 
 from __future__ import annotations
 
 import os
 import random
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .distributed import Distributed
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -75,3 +83,57 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class Checkpointer:
+    """The checkpoint (``checkpoint.pt``) and final model (``model.pt``) of the run folder
+    ``out_dir``: rank 0 writes them (atomically) and reads them for every rank.
+
+    Mid-epoch checkpoints are :meth:`due` ``every`` seconds after the last save
+    (``math.inf``: never).
+    """
+
+    def __init__(
+        self, out_dir: str | Path, every: float, distributed: Distributed | None = None
+    ) -> None:
+        self.out_dir, self.every = Path(out_dir), every
+        self.distributed = distributed or Distributed()
+        self._last_save = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / MODEL_FILE
+
+    def exists(self) -> bool:
+        """Whether rank 0 has a checkpoint to resume from (every rank gets its answer)."""
+        return self.distributed.broadcast(self.path.exists())
+
+    def restart_clock(self) -> None:
+        """Count the time to the next mid-epoch checkpoint from now."""
+        self._last_save = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether ``every`` seconds have passed since the last save."""
+        return time.monotonic() - self._last_save >= self.every
+
+    def save(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Write ``state()`` (called on rank 0 only) to :attr:`path`; restart the clock."""
+        if self.distributed.is_main:
+            save_checkpoint(self.path, state())
+        self.restart_clock()
+
+    def load(self) -> dict[str, Any]:
+        """The checkpoint, read by rank 0 (tensors on the CPU) and sent to every rank."""
+        state = None
+        if self.distributed.is_main:
+            state = load_checkpoint(self.path, map_location="cpu")
+        return self.distributed.broadcast(state)
+
+    def save_model(self, state: dict[str, Any]) -> None:
+        """Write the final ``state`` to :attr:`model_path` (rank 0)."""
+        if self.distributed.is_main:
+            save_checkpoint(self.model_path, state)

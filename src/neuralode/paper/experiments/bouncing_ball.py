@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..events import odeint_event
-from ..odeint import odeint
+from neuralode import odeint, odeint_event
+
 from ..plots import new_figure, save_figure
 from ..training import TensorBatches, Trainer
 from .common import add_device_arguments, add_run_arguments, run_config, start_training

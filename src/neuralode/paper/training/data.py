@@ -1,9 +1,11 @@
-"""The data source a :class:`~neuralode.training.Trainer` reads, and one over in-memory tensors.
+"""The data source a :class:`~neuralode.paper.training.Trainer` reads, and sources over
+in-memory tensors and over samplers.
 
 A data source has ``len(source)`` batches per epoch and ``source.batches(epoch, start)``, which
 yields batches ``start, start + 1, ...`` of that epoch in an order fixed by (seed, epoch) alone:
 it must not draw from the global random number generators, so that a resumed run, which asks
-for ``start > 0``, gets exactly the batches an uninterrupted run would have.
+for ``start > 0``, gets exactly the batches an uninterrupted run would have. A source whose
+epochs differ in length also has ``source.epoch_length(epoch)`` (see :func:`epoch_length`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ class BatchSource(Protocol):
     def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
         """Batches ``start, ..., len(self) - 1`` of epoch ``epoch`` (0-based), in order."""
         ...
+
+
+def epoch_length(source: BatchSource, epoch: int) -> int:
+    """Batches in epoch ``epoch`` of ``source``: ``source.epoch_length(epoch)`` where its epochs
+    differ in length, else ``len(source)``."""
+    length = getattr(source, "epoch_length", None)
+    return length(epoch) if length is not None else len(source)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -2,9 +2,9 @@
 
 ``neuralode latent train --obs 30|50|100 --model latent_ode|ode_rnn|rnn`` trains one model on
 1,000 spirals that each observe n random points of their first 100 (see
-:mod:`neuralode.data.spirals`); ``eval`` scores a saved model on 100 held-out spirals: RMSE of the
-predictions at all 200 grid times against the noise-free trajectory (and separately over the
-observation window, interpolation, and after it, extrapolation).
+:mod:`neuralode.paper.data.spirals`); ``eval`` scores a saved model on 100 held-out spirals: RMSE
+of the predictions at all 200 grid times against the noise-free trajectory (and separately over
+the observation window, interpolation, and after it, extrapolation).
 
 Models: ``latent_ode`` (GRU encoder run backwards, latent ODE, decoder; trained as a VAE),
 ``ode_rnn`` (the same with the ODE-RNN encoder of Rubanova et al. 2019) and ``rnn`` (a GRU fed
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.nn import GapRNN, LatentODE, SolverConfig
+
 from ..data.spirals import WINDOW, Spirals, make_spirals
-from ..models import count_parameters
-from ..models.latent_ode import GapRNN, LatentODE
-from ..nn import SolverConfig
+from ..mnist_models import count_parameters
 from ..training import TensorBatches, Trainer
 from .common import (
     add_device_arguments,

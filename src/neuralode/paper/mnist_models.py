@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..gradients import GradientMode
-from ..nn import ConcatConv2d, NeuralODE, SolverConfig
+from neuralode.gradients import GradientMode
+from neuralode.nn import ConcatConv2d, NeuralODE, SolverConfig
 
 MNIST_PARAMETER_COUNTS = {
     "odenet": 208_266,

@@ -1,6 +1,6 @@
 """Discrete flows the CNF is compared with: planar flows (Rezende & Mohamed 2015) and a
 diagonal Gaussian. Each offers ``log_prob(x)`` (maximum likelihood) and ``from_base(z)`` /
-``sample_with_log_prob(n)`` (density matching), as :class:`~neuralode.models.cnf.CNF` does."""
+``sample_with_log_prob(n)`` (density matching), as :class:`~neuralode.nn.cnf.CNF` does."""
 
 from __future__ import annotations
 

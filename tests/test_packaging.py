@@ -1,0 +1,69 @@
+"""The library apart from the paper's code: ``import neuralode`` needs neither matplotlib nor tqdm
+(the ``experiments`` extra), and the command line without them says what to install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import neuralode
+
+SOURCE_ROOT = Path(neuralode.__file__).resolve().parents[1]  # this checkout's neuralode
+
+EXTRA = ("matplotlib", "tqdm")
+
+
+def without(*packages: str) -> str:
+    """Code that makes importing ``packages`` raise ImportError, as if they were not installed
+    (torch, which imports tqdm when it can, then goes without it)."""
+    return "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in packages)
+
+
+LIBRARY = """
+import json
+import torch
+import neuralode
+import neuralode.nn
+
+t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+y = neuralode.odeint(lambda t, y: -y, torch.ones(3, dtype=torch.float64), t, rtol=1e-8, atol=1e-8)
+torch.testing.assert_close(y[-1], torch.exp(-t[-1]).expand(3))
+block = neuralode.nn.NeuralODE(neuralode.nn.MLPField(2, (8,)))
+block(torch.randn(4, 2)).sum().backward()
+loaded = [name for name, module in sys.modules.items() if module is not None]
+print(json.dumps(sorted(
+    name for name in loaded
+    if name.split(".")[0] in ("matplotlib", "tqdm") or name.startswith("neuralode.paper")
+)))
+"""
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in a fresh interpreter that imports this checkout's neuralode."""
+    path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": path},
+        check=False,
+    )
+
+
+def test_library_needs_neither_matplotlib_nor_tqdm_nor_the_paper_code() -> None:
+    result = run_python(without(*EXTRA) + LIBRARY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"  # nothing of them was imported
+
+
+def test_command_line_without_the_extra_names_what_to_install() -> None:
+    main = "import runpy\nsys.argv = ['neuralode', 'demo']\nrunpy.run_module('neuralode')"
+    result = run_python(without("tqdm") + main)  # python -m neuralode demo
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        'neuralode: the experiments need tqdm (not installed): pip install "neuralode[experiments]"'
+    ]
+    assert result.stdout == ""
