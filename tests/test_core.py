@@ -183,3 +183,25 @@ def test_pid_controller_meets_the_tolerance() -> None:
     ys = odeint(rotation, y0, t, rtol=1e-9, atol=1e-9, options={"controller": "PID"})
     exact = torch.stack([torch.cos(t), torch.sin(t)], dim=1)
     torch.testing.assert_close(ys, exact, rtol=0, atol=1e-7)
+
+
+def test_dense_output_between_the_output_times() -> None:
+    """solve(..., dense=True): the solution anywhere in [t0, t1] from the accepted steps'
+    interpolant, to the tolerance, differentiable by backprop (d/dk of e^(-k t) = -t e^(-k t))."""
+    func = Decay()
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    solution = solve(func, y0, t, rtol=1e-10, atol=1e-10, dense=True)
+    between = torch.tensor([2.5, 0.1, 1.7], dtype=torch.float64)
+    values = solution.evaluate(between)[:, 0]
+    torch.testing.assert_close(values, torch.exp(-0.7 * between), rtol=1e-8, atol=0)
+    (dk,) = torch.autograd.grad(values.sum(), func.k)
+    expected = float((-between * torch.exp(-0.7 * between)).sum())
+    assert float(dk) == pytest.approx(expected, rel=1e-7)
+    backwards = solve(decay, y0, t.flip(0), rtol=1e-10, atol=1e-10, dense=True)
+    torch.testing.assert_close(backwards.evaluate(between)[:, 0], torch.exp(3.0 - between),
+                               rtol=1e-8, atol=0)  # fmt: skip
+    with pytest.raises(ODEInputError, match=r"t=3\.5 is outside the solved interval \[0, 3\]"):
+        solution.evaluate(torch.tensor([3.5]))
+    with pytest.raises(ODEInputError, match="dense=True keeps the steps of shared-step eager"):
+        solve(decay, y0[None], t, options={"per_sample": True}, dense=True)

@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 
-from .core.config import make_problem
+from .core.config import Execution, make_problem
+from .core.dense import DenseOutput
 from .core.loop import RUNNING
-from .core.state import State, VectorFieldFn
+from .core.state import State, StateLayout, VectorFieldFn
 from .core.stats import SolverStats
 from .core.tableau import Tableau
-from .gradients import GradientMode, gradient_mode
+from .errors import ODEInputError
+from .gradients import Checkpointed, GradientMode, gradient_mode
 from .gradients.times import with_time_gradients
 
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9  # torchdiffeq's
@@ -36,6 +38,7 @@ class Solution:
             True}``: 0 success, 1 step-size underflow, 2 NaN/Inf, 3 max_num_steps
             (:data:`STATUS_NAMES`).
         error: the error of the first sample that failed, or None.
+        dense_output: the kept steps, with ``solve(..., dense=True)`` (see :meth:`evaluate`).
     """
 
     ts: torch.Tensor
@@ -43,6 +46,8 @@ class Solution:
     stats: SolverStats
     status: torch.Tensor
     error: Exception | None
+    dense_output: DenseOutput | None = None
+    layout: StateLayout | None = None
 
     def __post_init__(self) -> None:
         self.status = torch.as_tensor(self.status)
@@ -56,6 +61,22 @@ class Solution:
     def failed(self) -> torch.Tensor:
         """Indices of the samples that failed, (k,) int64."""
         return (self.status.reshape(-1) != RUNNING).nonzero().reshape(-1)
+
+    def evaluate(self, t: torch.Tensor) -> State:
+        """The solution at the times ``t`` (1-D, within the solve's interval, any order) from the
+        method's dense output of the accepted steps: (len(t), *y0.shape), or a tuple of such.
+        Needs ``solve(..., dense=True)``; differentiable like the solve (backprop)."""
+        if self.dense_output is None or self.layout is None:
+            raise ODEInputError("Solution.evaluate needs the steps: solve(..., dense=True)")
+        low, high = sorted((float(self.ts[0]), float(self.ts[-1])))
+        times = t.detach().double().reshape(-1).tolist()
+        outside = [time for time in times if not low <= time <= high]
+        if outside:
+            raise ODEInputError(
+                f"Solution.evaluate: t={outside[0]:.6g} is outside the solved interval "
+                f"[{low:.6g}, {high:.6g}]"
+            )
+        return self.layout.unflatten(self.dense_output.evaluate(times))
 
     def raise_for_status(self) -> None:
         """Raise the first failed sample's error, if any."""
@@ -74,6 +95,7 @@ def solve(
     options: Mapping[str, Any] | None = None,
     gradient: str | GradientMode = "backprop",
     raise_on_failure: bool = True,
+    dense: bool = False,
 ) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, at the times ``t``; see :func:`neuralode.odeint`
     for the arguments.
@@ -83,6 +105,9 @@ def solve(
             solve) cannot reach the end; with False the failure is reported in
             :attr:`Solution.status` and :attr:`Solution.error`, and the other samples are
             solved to the end.
+        dense: keep every accepted step, so that :meth:`Solution.evaluate` gives the solution
+            at any time in between (shared steps, eager, backprop or adjoint; memory grows with
+            the steps).
 
     Returns:
         A :class:`Solution`.
@@ -91,9 +116,18 @@ def solve(
     problem = make_problem(func, y0, t, rtol, atol, method, options)
     if not raise_on_failure:
         problem = replace(problem, raise_on_failure=False)
+    dense_output = None
+    if dense:
+        if problem.execution != Execution() or isinstance(mode, Checkpointed):
+            raise ODEInputError(
+                "dense=True keeps the steps of shared-step eager solves: it cannot be combined "
+                "with options 'per_sample' or 'compile', or with gradient='checkpoint'"
+            )
+        direction = 1.0 if problem.times[-1] >= problem.times[0] else -1.0
+        dense_output = DenseOutput(problem.method, direction)
+        problem = replace(problem, watch=dense_output)
     flat = with_time_gradients(problem, t, mode.solve, problem.y0)
     ys = problem.layout.unflatten(flat)
     outcome = problem.outcome
-    return Solution(
-        t, ys, problem.stats, 0 if outcome.status is None else outcome.status, outcome.error
-    )
+    status = 0 if outcome.status is None else outcome.status
+    return Solution(t, ys, problem.stats, status, outcome.error, dense_output, problem.layout)

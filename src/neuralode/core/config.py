@@ -23,6 +23,7 @@ from .controllers import (
     Tolerance,
     make_grid,
 )
+from .loop import Watch
 from .methods import DEFAULT_METHOD, METHODS
 from .rosenbrock_method import RosenbrockMethod
 from .state import LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
@@ -75,6 +76,7 @@ class Problem:
         jacobian_blocks, jacobian_every: a Rosenbrock method's Jacobian structure and reuse.
         raise_on_failure: raise the first failed row's error (else report it in ``outcome``
             and leave NaN at the times that row did not reach).
+        watch: shown each accepted step of a shared-step eager solve (dense output).
         stats: counters of this problem's solves.
         outcome: how the last solve ended.
     """
@@ -92,6 +94,7 @@ class Problem:
     jacobian_blocks: int = 1
     jacobian_every: int = 1
     raise_on_failure: bool = True
+    watch: Watch | None = None
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
 

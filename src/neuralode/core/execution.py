@@ -81,7 +81,7 @@ def _drive(
     given. A segment's rerun in the backward pass counts its work as backward: by the field's
     calls (``per_iteration`` None) or by iterations as they start."""
     if every is None:
-        return loop.run(carry)
+        return loop.run(carry, watch=problem.watch)
     segments = _Segments(problem, loop, every, per_iteration)
     while bool(loop.running(carry)):
         carry = checkpoint(segments, carry, use_reentrant=False)
