@@ -2,7 +2,8 @@
 
 Coefficients are the published ones: Dormand & Prince (1980) with Shampine's (1986) midpoint
 weights for dopri5; Prince & Dormand (1981) RK8(7)13M for dopri8; Bogacki & Shampine (1989);
-Tsitouras (2011) with its interpolant; Kutta's 3/8 rule for rk4.
+Tsitouras (2011) with its interpolant; Kutta's 3/8 rule for rk4; Heun's third-order method;
+Fehlberg's RK1(2) (the order-2 propagation of torchdiffeq's fehlberg2).
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ RK4 = Tableau(
     c=(0.0, 1 / 3, 2 / 3, 1.0),
     a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
     b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+)
+
+HEUN3 = Tableau(
+    name="heun3",
+    order=3,
+    c=(0.0, 1 / 3, 2 / 3),
+    a=((), (1 / 3,), (0.0, 2 / 3)),
+    b=(1 / 4, 0.0, 3 / 4),
+)
+
+_FEHLBERG2_B = (1 / 512, 255 / 256, 1 / 512)
+FEHLBERG2 = Tableau(
+    name="fehlberg2",
+    order=2,
+    c=(0.0, 1 / 2, 1.0),
+    a=((), (1 / 2,), (1 / 256, 255 / 256)),
+    b=_FEHLBERG2_B,
+    b_err=_difference(_FEHLBERG2_B, (1 / 256, 255 / 256, 0.0)),
+    error_order=1,
 )
 
 ADAPTIVE_HEUN = Tableau(
@@ -348,8 +368,10 @@ METHODS: dict[str, Tableau] = {
         EULER,
         MIDPOINT,
         HEUN2,
+        HEUN3,
         RK4,
         ADAPTIVE_HEUN,
+        FEHLBERG2,
         BOSH3,
         DOPRI5,
         TSIT5,
