@@ -80,7 +80,7 @@ def test_pi_control_tuple_state_and_custom_norm_match_eager() -> None:
 
     state = (torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
     t = torch.linspace(0, 5, 4, dtype=torch.float64)
-    options = {"controller": "PI", "norm": lambda e: e.abs().max()}
+    options = {"controller": "PI", "norm": lambda e: torch.stack([x.abs().max() for x in e]).max()}
     (ys, stats), (ys_c, stats_c) = solve_both(field, state, t, rtol=1e-6, atol=1e-8,
                                               options=options)  # fmt: skip
     assert (stats_c.n_accepted, stats_c.n_rejected) == (stats.n_accepted, stats.n_rejected)

@@ -138,3 +138,38 @@ def test_adaptive_agrees_with_torchdiffeq() -> None:
     ours = odeint(rotation, y0, t, rtol=1e-9, atol=1e-9)
     theirs = torchdiffeq.odeint(rotation, y0, t, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
+
+
+def test_norm_sees_the_state_structure_as_torchdiffeq_passes_it() -> None:
+    """A user's norm gets the scaled error shaped like y0 (a tuple for tuple states), and the
+    default norm of a tuple state is torchdiffeq's: the largest RMS of its parts."""
+    seen = []
+
+    def norm(error: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        seen.append(tuple(e.shape for e in error) if isinstance(error, tuple) else error.shape)
+        parts = error if isinstance(error, tuple) else (error,)
+        return torch.stack([p.abs().max() for p in parts]).max()
+
+    y0 = torch.randn(4, 3, 2, dtype=torch.float64)
+    t = torch.linspace(0, 2, 3, dtype=torch.float64)
+    odeint(rotation, y0, t, options={"norm": norm})
+    odeint(lambda t, y: (rotation(t, y[0]), -y[1]), (y0, y0[0, 0]), t, options={"norm": norm})
+    assert set(seen) == {(4, 3, 2), ((4, 3, 2), (2,))}
+
+    def field(t: torch.Tensor, y: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return rotation(t, y[0]), -3 * y[1]
+
+    def largest_rms(error: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack([e.square().mean().sqrt() for e in error]).max()
+
+    def flat_rms(error: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat([e.reshape(-1) for e in error]).square().mean().sqrt()
+
+    state = (torch.tensor([1.0, 0.0], dtype=torch.float64), torch.ones(5, dtype=torch.float64))
+    steps = {}
+    for name, option in (("default", {}), ("largest", {"norm": largest_rms}),
+                         ("flat", {"norm": flat_rms})):  # fmt: skip
+        _, stats = odeint(field, state, t, rtol=1e-6, atol=1e-8, options=option,
+                          return_stats=True)  # fmt: skip
+        steps[name] = (stats.n_accepted, stats.n_rejected, stats.nfe)
+    assert steps["default"] == steps["largest"] != steps["flat"]

@@ -6,6 +6,7 @@ fix. Nothing downstream re-validates or re-derives a value that these objects ho
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -212,7 +213,11 @@ def make_tolerance(
             "(method='rk4', options={'step_size': ...})"
         )
     exact_zero = atol == 0 if _is_number(atol) else bool((atol_flat == 0).any())
-    return Tolerance(rtol_flat, atol_flat, norm, exact_zero)
+    structure = None
+    if norm is not None:
+        structure = functools.partial(layout.unflatten, cast=False)
+    parts = tuple(layout.numels) if layout.is_tuple else None
+    return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts)
 
 
 def make_controller(

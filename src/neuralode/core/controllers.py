@@ -13,7 +13,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,18 +28,25 @@ Norm = Callable[[torch.Tensor], torch.Tensor]
 class Tolerance:
     """Error scale atol + rtol · max(|y0|, |y1|) and the norm of the scaled error.
 
+    The norm is torchdiffeq's: the user's ``norm`` gets the scaled error in the state's own
+    structure (a tensor of y0's shape, or a tuple); by default it is the RMS of a tensor state,
+    and the largest RMS of the parts of a tuple state.
+
     Attributes:
         rtol, atol: 0-d or flat (N,) tensors in the working dtype.
-        norm: the user's norm of a flat scaled error (a 0-d result), or None for the RMS norm
-            of each row.
+        norm: the user's norm (a 0-d result), or None for the default.
         exact_zero: some atol entry is 0: the scale is kept above 0 so that a component that is
             exactly 0 with no error divides 0 by a positive number.
+        structure: flat scaled error (N,) → the state's structure (for the user's norm).
+        parts: sizes of a tuple state's parts (for the default norm), or None.
     """
 
     rtol: torch.Tensor
     atol: torch.Tensor
     norm: Norm | None = None
     exact_zero: bool = False
+    structure: Callable[[torch.Tensor], Any] | None = None
+    parts: tuple[int, ...] | None = None
 
     def scale(self, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
         """The error scale of rows y0 → y1, (R, N)."""
@@ -50,12 +57,19 @@ class Tolerance:
         """The norm of error / scale of each row ((R, N) → a clock value per row); ≤ 1 is
         within tolerance."""
         scaled = error / scale
-        if self.norm is None:
+        if self.norm is not None:
+            flat = scaled.reshape(-1)
+            user = self.norm(self.structure(flat) if self.structure else flat)
+            return arith.clock(user.reshape(1) if arith.rows else user)
+        if self.parts is None:
             norm = torch.linalg.vector_norm(scaled, dim=-1 if arith.rows else None)
             return arith.clock(norm) * (1.0 / math.sqrt(scaled.shape[-1]))
-        if arith.rows:
-            return arith.clock(self.norm(scaled.reshape(-1)).reshape(1))
-        return arith.clock(self.norm(scaled.reshape(-1)))
+        rms = [
+            torch.linalg.vector_norm(part, dim=-1) / math.sqrt(part.shape[-1])
+            for part in scaled.split(self.parts, dim=-1)
+        ]
+        largest = torch.stack(rms).amax(dim=0)
+        return arith.clock(largest if arith.rows else largest[0])
 
     def rows(self, count: int) -> Tolerance:
         """The tolerances of a state split into ``count`` rows (per-component ones reshaped)."""
@@ -63,7 +77,7 @@ class Tolerance:
         def split(x: torch.Tensor) -> torch.Tensor:
             return x if x.dim() == 0 else x.reshape(count, -1)
 
-        return Tolerance(split(self.rtol), split(self.atol), self.norm, self.exact_zero)
+        return replace(self, rtol=split(self.rtol), atol=split(self.atol))
 
 
 CONTROLLER_COEFFICIENTS: dict[str, tuple[float, float, float]] = {

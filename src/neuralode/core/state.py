@@ -46,11 +46,12 @@ class StateLayout:
             flat = state.reshape(-1)
         return flat.to(self.working_dtype)
 
-    def unflatten(self, flat: torch.Tensor) -> State:
+    def unflatten(self, flat: torch.Tensor, cast: bool = True) -> State:
         """Tensor of shape (*lead, size) → state with each part of shape (*lead, *part_shape), in
-        the user's dtype."""
+        the user's dtype (or the working dtype, without ``cast``)."""
         lead = tuple(flat.shape[:-1])
-        flat = flat.to(self.dtype)
+        if cast:
+            flat = flat.to(self.dtype)
         if not self.is_tuple:
             return flat.reshape(lead + tuple(self.shapes[0]))
         parts = flat.split(self.numels, dim=-1)

@@ -158,7 +158,7 @@ class Adjoint:
             return torch.cat([forward_value, forward_value, tightest])
 
         rtol, atol = augmented(self.rtol, forward.rtol), augmented(self.atol, forward.atol)
-        return Tolerance(rtol, atol, None, bool((atol == 0).any()))
+        return Tolerance(rtol, atol, exact_zero=bool((atol == 0).any()))
 
 
 def _with_augmented_norm(problem: Problem, norm: Any, size: int) -> Problem:
