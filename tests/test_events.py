@@ -158,3 +158,49 @@ def test_bouncing_ball_command_recovers_gravity_and_restitution(tmp_path) -> Non
     assert fitted["g"] == pytest.approx(9.81, rel=0.02)
     assert fitted["restitution"] == pytest.approx(0.8, rel=0.01)
     assert (tmp_path / "bouncing_ball.png").stat().st_size > 10_000
+
+
+def test_torchdiffeq_shapes_chain_of_events() -> None:
+    """torchdiffeq's bouncing-ball pattern: t0 of shape (1,), an event function returning a
+    (1,) tensor, each call starting from the previous event time and state. event_t is 0-d;
+    the gradient of the second impact time to the first height is the closed form
+    d/dh [sqrt(2h/g) + 2 e sqrt(2gh)/g] = (1 + 2e) / sqrt(2 g h)."""
+    field, g, e = FreeFall(), 9.81, 0.5
+    h0 = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    state = torch.stack([h0, torch.zeros((), dtype=torch.float64)])
+    t0 = torch.zeros(1, dtype=torch.float64)
+
+    def ground(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y[:1]
+
+    for _ in range(2):
+        t0, ys = odeint_event(field, state, t0, event_fn=ground, rtol=1e-9, atol=1e-11)
+        assert t0.shape == ()
+        state = torch.stack([ys[-1, 0] * 0.0, -e * ys[-1, 1]])
+    exact = math.sqrt(2 * 2.0 / g) * (1 + 2 * e)
+    assert float(t0.detach()) == pytest.approx(exact, rel=1e-9)
+    (dt_dh,) = torch.autograd.grad(t0, h0)
+    assert float(dt_dh) == pytest.approx((1 + 2 * e) / math.sqrt(2 * g * 2.0), rel=1e-7)
+
+
+def test_learnable_event_function_that_returns_zeros_after_a_horizon() -> None:
+    """torchdiffeq's learn_physics pattern: g(t, y) = y0 - c before a horizon, zeros after. An
+    event at the threshold has dt*/dc = 1/v (v < 0, falling); one at the horizon, where g stops depending on
+    t and y, has no gradient from g (zero, not an error)."""
+    field = FreeFall()
+    c = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+    def event(horizon: float):
+        def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.where(t < horizon, y[0] - c, torch.zeros_like(t))
+
+        return g
+
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    event_t, ys = odeint_event(field, y0, T0, event_fn=event(10.0), rtol=1e-9, atol=1e-11)
+    (dt_dc,) = torch.autograd.grad(event_t, c)
+    assert float(dt_dc) == pytest.approx(1 / float(ys[-1, 1].detach()), rel=1e-7)
+    event_t, _ = odeint_event(field, y0, T0, event_fn=event(0.25), rtol=1e-9, atol=1e-11)
+    assert float(event_t.detach()) == pytest.approx(0.25, abs=1e-9)
+    (dt_dc,) = torch.autograd.grad(event_t, c, allow_unused=True)
+    assert dt_dc is None or float(dt_dc) == 0.0

@@ -51,8 +51,10 @@ def odeint_event(
 
     Args:
         func, y0: as for :func:`~neuralode.odeint`.
-        t0: 0-d tensor, the start time.
-        event_fn: g(t, y) → 0-d tensor; a zero at t0 itself is not an event.
+        t0: the start time, 0-d or of shape (1,).
+        event_fn: g(t, y) → a one-element tensor; a zero at t0 itself is not an event. Where g
+            does not change along the solution at the event (dg/dt = 0, e.g. an event function
+            that returns zeros after a horizon) the event time has no gradient from g.
         reverse_time: integrate towards decreasing t.
         odeint_interface: ``neuralode.odeint`` or ``neuralode.odeint_adjoint`` (how the
             solution up to the event is differentiated).
@@ -68,8 +70,9 @@ def odeint_event(
     Raises:
         EventNotFoundError: no crossing before ``t_max`` or within ``max_num_steps``.
     """
-    if not (torch.is_tensor(t0) and t0.dim() == 0 and t0.dtype.is_floating_point):
-        raise ODEInputError(f"t0 must be a 0-d floating-point tensor, got {t0!r}")
+    if not (torch.is_tensor(t0) and t0.numel() == 1 and t0.dtype.is_floating_point):
+        raise ODEInputError(f"t0 must be a one-element floating-point tensor, got {t0!r}")
+    t0 = t0.reshape(())
     start = float(t0.detach())
     direction = -1.0 if reverse_time else 1.0
     horizon = direction * math.inf if t_max is None else float(t_max)
@@ -193,7 +196,9 @@ def _implicit_event(
         t_probe = t_star.detach().requires_grad_(True)
         y_probe = tuple(y.detach().requires_grad_(True) for y in y_star)
         g_probe = event_fn(t_probe, y_probe if isinstance(solution, tuple) else y_probe[0])
-        dg = torch.autograd.grad(g_probe, (t_probe, *y_probe), allow_unused=True)
+        dg: tuple[torch.Tensor | None, ...] = (None,) * (1 + len(y_probe))
+        if g_probe.requires_grad:
+            dg = torch.autograd.grad(g_probe, (t_probe, *y_probe), allow_unused=True)
         with torch.no_grad():
             f = func(t_star, state)
         f_parts = f if isinstance(f, tuple) else (f,)
@@ -204,14 +209,14 @@ def _implicit_event(
         if dg[0] is not None:
             slope = slope + dg[0]
         slope = slope.detach()
+        g = event_fn(t_star.detach(), state).reshape(())
         if float(slope) == 0.0:
-            raise SolverError(
-                f"event_fn touches zero at t={float(t_star):.6g} without crossing it "
-                "(dg/dt = 0): the event time has no gradient there",
-                float(t_star),
-            )
-        g = event_fn(t_star.detach(), state)
-        event_t = t_star.detach() - (g - g.detach()) / slope
+            # g does not move along the solution there (it touches zero, or is 0 past a
+            # horizon): no implicit gradient, as torchdiffeq's regularised division gives for
+            # such event functions.
+            event_t = t_star.detach() + 0.0 * (g - g.detach())
+        else:
+            event_t = t_star.detach() - (g - g.detach()) / slope
         shift = event_t - event_t.detach()  # 0, with the gradient of event_t
         moved = tuple(
             torch.cat([p[:-1], (y + fp.detach() * shift)[None]])
