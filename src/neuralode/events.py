@@ -162,8 +162,19 @@ class _Crossing:
         return True
 
     def _locate(self, step: AcceptedStep, g_a: float, g_b: float) -> float:
-        """Illinois' regula falsi on the step's dense output, to the resolution of t."""
+        """Illinois' regula falsi on the step's dense output, to the resolution of t. A step
+        that ends exactly at a zero (g may have jumped to 0, as past a horizon) is bisected
+        for the first time where g is 0 or has changed sign."""
         a, b = step.t, step.t1
+        if g_b == 0.0:
+            while abs(b - a) > 4 * math.ulp(max(abs(a), abs(b))):
+                m = 0.5 * (a + b)
+                g_m = self.g(m, step.at([m]))
+                if g_m == 0.0 or (g_m > 0) != (g_a > 0):
+                    b = m
+                else:
+                    a = m
+            return b
         side = 0
         for _ in range(200):
             if g_b == 0.0 or abs(b - a) <= 4 * math.ulp(max(abs(a), abs(b))):
