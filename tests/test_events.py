@@ -185,8 +185,8 @@ def test_torchdiffeq_shapes_chain_of_events() -> None:
 
 def test_learnable_event_function_that_returns_zeros_after_a_horizon() -> None:
     """torchdiffeq's learn_physics pattern: g(t, y) = y0 - c before a horizon, zeros after. An
-    event at the threshold has dt*/dc = 1/v (v < 0, falling); one at the horizon, where g stops depending on
-    t and y, has no gradient from g (zero, not an error)."""
+    event at the threshold has dt*/dc = 1/v (v < 0, falling); one at the horizon, where g stops
+    depending on t and y, has no gradient from g (zero, not an error)."""
     field = FreeFall()
     c = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
 

@@ -48,8 +48,9 @@ def odeint(
             (0.9, in (0, 1]), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest
             shrink), ``min_step`` / ``max_step`` (bounds on the step's magnitude),
             ``max_num_steps`` (100000), ``norm`` (callable on the scaled error shaped like y0, a
-            tuple for tuple states; default RMS, the largest RMS of the parts for tuples), ``controller`` (``"I"``, ``"PI"`` or ``"PID"``), ``per_sample`` (True: every
-            sample of a (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1)
+            tuple for tuple states; default RMS, the largest RMS of the parts for tuples),
+            ``controller`` (``"I"``, ``"PI"`` or ``"PID"``), ``per_sample`` (True: every sample
+            of a (B, ...) state takes its own steps, and func gets t as a (B, 1, ..., 1)
             tensor), ``compile`` (True: the whole adaptive solve as one ``torch.compile``'d
             call; see :mod:`neuralode.core.compiled`). ``rosenbrock23`` instead of the last two:
             ``jacobian`` (``"full"`` or ``"per_sample"``: B independent systems) and
