@@ -205,3 +205,45 @@ def test_dense_output_between_the_output_times() -> None:
         solution.evaluate(torch.tensor([3.5]))
     with pytest.raises(ODEInputError, match="dense=True keeps the steps of shared-step eager"):
         solve(decay, y0[None], t, options={"per_sample": True}, dense=True)
+
+
+def test_step_callbacks_as_torchdiffeq_calls_them() -> None:
+    """callback_step before every attempt, callback_accept_step / callback_reject_step after
+    (adaptive methods), with 0-d t0 and dt and the state shaped like y0; the adjoint's backward
+    solve calls the *_adjoint variants; a fixed grid calls callback_step only."""
+
+    class Watched(Decay):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: dict[str, list] = {}
+
+        def _record(self, name: str, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor):
+            self.calls.setdefault(name, []).append((t0.shape, tuple(y0.shape), dt.shape))
+
+        def callback_step(self, t0, y0, dt):
+            self._record("step", t0, y0, dt)
+
+        def callback_accept_step(self, t0, y0, dt):
+            self._record("accept", t0, y0, dt)
+
+        def callback_reject_step(self, t0, y0, dt):
+            self._record("reject", t0, y0, dt)
+
+        def callback_step_adjoint(self, t0, y0, dt):
+            self._record("step_adjoint", t0, y0, dt)
+
+    func = Watched()
+    y0 = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 5, 3, dtype=torch.float64)
+    ys, stats = odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, options={"first_step": 1.0},
+                               return_stats=True)  # fmt: skip
+    assert len(func.calls["step"]) == stats.n_steps
+    assert len(func.calls["accept"]) == stats.n_accepted
+    assert len(func.calls["reject"]) == stats.n_rejected > 0
+    assert set(func.calls["step"]) == {((), (2, 3), ())}
+    ys[-1].sum().backward()
+    assert len(func.calls["step_adjoint"]) == stats.backward_steps > 0
+    assert set(func.calls["step_adjoint"]) == {((), (2 * 6 + 1,), ())}  # [y, a, dL/dk], flat
+    fixed = Watched()
+    odeint(fixed, y0.detach(), t, method="rk4", options={"step_size": 0.5})
+    assert len(fixed.calls["step"]) == 10 and set(fixed.calls) == {"step"}

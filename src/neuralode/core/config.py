@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ODEInputError
+from .callbacks import Callbacks
 from .controllers import (
     CONTROLLER_COEFFICIENTS,
     AdaptiveController,
@@ -78,6 +79,7 @@ class Problem:
         raise_on_failure: raise the first failed row's error (else report it in ``outcome``
             and leave NaN at the times that row did not reach).
         watch: shown each accepted step of a shared-step eager solve (dense output).
+        callbacks: torchdiffeq's step callbacks found on func, or None.
         stats: counters of this problem's solves.
         outcome: how the last solve ended.
     """
@@ -96,6 +98,7 @@ class Problem:
     jacobian_every: int = 1
     raise_on_failure: bool = True
     watch: Watch | None = None
+    callbacks: Callbacks | None = None
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
 
@@ -157,6 +160,7 @@ def make_problem(
         _first_step(options),
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
+        callbacks=_callbacks(func, layout, execution),
         stats=stats,
     )
 
@@ -422,6 +426,16 @@ def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout
             f"option 'jacobian' must be 'full' or 'per_sample', got {options['jacobian']!r}"
         )
     return execution
+
+
+def _callbacks(func: Any, layout: StateLayout, execution: Execution) -> Callbacks | None:
+    callbacks = Callbacks.find(func, layout)
+    if callbacks is not None and execution != Execution():
+        raise ODEInputError(
+            "func has step callbacks (callback_step, ...), which are called in shared-step eager "
+            "solves: they cannot be combined with options 'per_sample' or 'compile'"
+        )
+    return callbacks
 
 
 def _grid_option(options: Mapping[str, Any], times: list[float]) -> list[float] | None:

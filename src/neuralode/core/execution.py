@@ -29,7 +29,7 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     if len(problem.times) == 1:
         return y0[None]
     loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, SCALAR,
-                problem.max_num_steps)  # fmt: skip
+                problem.max_num_steps, problem.callbacks)  # fmt: skip
     carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
     carry = _drive(problem, loop, carry, every, None)
     return _finish(problem, loop, carry)

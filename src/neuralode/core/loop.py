@@ -30,6 +30,7 @@ import torch
 
 from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from .arith import Arith
+from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
 from .steppers import Field, Stepper, combine, dense_weights, interpolate
 from .tableau import Tableau
@@ -105,6 +106,7 @@ class Loop:
         field: the vector field on rows (see :data:`~neuralode.core.steppers.Field`).
         arith: the clock's arithmetic (scalar or rows).
         max_num_steps: bound on attempted steps (iterations).
+        callbacks: torchdiffeq's step callbacks of the field (one row), or None.
     """
 
     def __init__(
@@ -115,8 +117,10 @@ class Loop:
         field: Field,
         arith: Arith,
         max_num_steps: int,
+        callbacks: Callbacks | None = None,
     ) -> None:
         self.stepper, self.tableau = stepper, stepper.tableau
+        self.callbacks = callbacks
         self.controller, self.field, self.arith = controller, field, arith
         self.times, self.max_num_steps = list(times), max_num_steps
         first, last = self.times[0], self.times[-1]
@@ -211,6 +215,8 @@ class Loop:
         last = active & (c.dt >= remaining)
         step = direction * arith.where(active, arith.minimum(c.dt, remaining), 0.0)
         t1 = arith.where(last, self.t_end, c.t + step)
+        if self.callbacks is not None:
+            self.callbacks.before(c.t, c.y, step)
         f = self.field(c.t, c.y) if c.f is None else c.f
         ks, y1 = self.stepper.step(self.field, arith, c.t, c.y, f, step)
         f1 = ks[-1] if tableau.fsal else (None if self.lazy_end else self.field(t1, y1))
@@ -233,6 +239,8 @@ class Loop:
                 why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
         status = arith.where(failed, why, c.status)
         rejected = arith.and_not(active, accept)
+        if self.callbacks is not None and self.controller.needs_error:
+            self.callbacks.after(accept, c.t, c.y, step)
         if not arith.rows and accept:
             self.stepper.accepted()
         if watch is not None and accept:

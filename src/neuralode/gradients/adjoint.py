@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..core.callbacks import Callbacks
 from ..core.config import Execution, Problem, make_controller, make_problem, resolve_method
 from ..core.controllers import AdaptiveController, FixedGrid, Tolerance
 from ..core.execution import integrate
@@ -115,7 +116,8 @@ class Adjoint:
                 self.method or problem.method,
                 options,
             )
-            return _with_augmented_norm(built, norm, size)
+            callbacks = Callbacks.find(problem.field.func, built.layout, adjoint=True)
+            return _with_augmented_norm(replace(built, callbacks=callbacks), norm, size)
         layout = StateLayout(state)
         stats = SolverStats()
         method = problem.method if self.method is None else resolve_method(self.method)
@@ -130,6 +132,8 @@ class Adjoint:
                                  tolerance=tolerance)  # fmt: skip
         else:
             controller = make_controller(method, tolerance, {})
+        execution = Execution(compiled=compiled)
+        callbacks = Callbacks.find(problem.field.func, layout, adjoint=True)
         built = Problem(
             layout,
             state,
@@ -138,8 +142,9 @@ class Adjoint:
             method,
             tolerance,
             controller,
-            Execution(compiled=compiled),
+            execution if callbacks is None else Execution(),
             problem.max_num_steps,
+            callbacks=callbacks,
             stats=stats,
         )
         return _with_augmented_norm(built, None, size)
