@@ -128,8 +128,9 @@ class Loop:
         span = abs(last - first)
         self.span = span if math.isfinite(span) else 0.0  # (an open-ended solve: t itself)
         self.t_end: Any = last
+        self.fsal = self.tableau.fsal
         # f(t1, y1) is evaluated lazily on one row; rows evaluate it every iteration.
-        self.lazy_end = not arith.rows and not self.tableau.fsal
+        self.lazy_end = not arith.rows and not self.fsal
 
     def on(self, device: torch.device) -> Loop:
         """Rows: the output times and end as float64 tensors on ``device`` (separate tensors:
@@ -219,7 +220,7 @@ class Loop:
             self.callbacks.before(c.t, c.y, step)
         f = self.field(c.t, c.y) if c.f is None else c.f
         ks, y1 = self.stepper.step(self.field, arith, c.t, c.y, f, step)
-        f1 = ks[-1] if tableau.fsal else (None if self.lazy_end else self.field(t1, y1))
+        f1 = ks[-1] if self.fsal else (None if self.lazy_end else self.field(t1, y1))
         magnitude = arith.absolute(step)
         with torch.no_grad():
             if isinstance(self.controller, FixedGrid):

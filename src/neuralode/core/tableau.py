@@ -94,7 +94,7 @@ class Tableau:
     def adaptive(self) -> bool:
         return self.b_err is not None
 
-    @property
+    @functools.cached_property
     def fsal(self) -> bool:
         """First same as last: the last stage is evaluated at (t1, y1)."""
         return self.stages > 1 and self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1])
