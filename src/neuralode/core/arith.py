@@ -45,10 +45,6 @@ class ScalarArith:
         return math.isfinite(x)
 
     @staticmethod
-    def ulp(x: float) -> float:
-        return math.ulp(x)
-
-    @staticmethod
     def absolute(x: float) -> float:
         return abs(x)
 
@@ -90,10 +86,6 @@ class RowArith:
         return x.nan_to_num(value)
 
     isfinite = staticmethod(torch.isfinite)
-
-    @staticmethod
-    def ulp(x: torch.Tensor) -> torch.Tensor:
-        return torch.nextafter(x, torch.full_like(x, math.inf)) - x
 
     absolute = staticmethod(torch.abs)
 

@@ -35,14 +35,16 @@ SMALL_MATRIX = 1 << 16  # ... and a second factor of at most this many entries
 
 def solve_compiled(
     problem: Problem, loop: Loop, y_rows: torch.Tensor, first_dt: torch.Tensor | None
-) -> Carry | None:
-    """The final carry of the compiled loop from rows ``y_rows`` (R, N), or None (with a
-    warning, once per kind of problem) when it cannot be compiled."""
+) -> tuple[Carry, torch.Tensor] | None:
+    """The final carry of the compiled loop from rows ``y_rows`` (R, N) and its
+    :meth:`~neuralode.core.loop.Loop.summary`, or None (with a warning, once per kind of
+    problem) when it cannot be compiled."""
     kind = _kind(problem)
     if kind in _UNCOMPILABLE:  # failed before: do not pay for another attempt
         return None
     try:
-        return _unpack(_compiled_run(kind)(loop, y_rows, first_dt))
+        *packed, summary = _compiled_run(kind)(loop, y_rows, first_dt)
+        return _unpack(tuple(packed)), summary
     except Exception as error:
         if not _is_compile_failure(error):
             raise
@@ -76,14 +78,16 @@ def _unpack(tensors: tuple[torch.Tensor, ...]) -> Carry:
 
 
 def _run(loop: Loop, y0: torch.Tensor, first_dt: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """The whole solve from rows y0 (traced by torch.compile): the final carry, packed."""
+    """The whole solve from rows y0 (traced by torch.compile): the final carry, packed, and its
+    summary."""
     f0 = loop.field(loop.times_tensor[:1].expand(y0.shape[0]), y0)
     carry = loop.start(y0, f0, first_dt)
-    return torch._higher_order_ops.while_loop(
+    final = torch._higher_order_ops.while_loop(
         lambda *c: loop.running(_unpack(c)),
         lambda *c: _pack(loop.attempt(_unpack(c))),
         _pack(carry),
     )
+    return (*final, loop.summary(_unpack(final)))
 
 
 @functools.lru_cache(maxsize=64)

@@ -6,7 +6,6 @@ carry."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -60,18 +59,20 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
     if problem.first_step is not None:
         first_dt = torch.full((rows,), problem.first_step, dtype=torch.float64, device=y0.device)
     if problem.execution.compiled and every is None:
-        carry = solve_compiled(problem, loop, y_rows, first_dt)
-        if carry is None:  # could not be compiled (warned): the same solve, eagerly
+        result = solve_compiled(problem, loop, y_rows, first_dt)
+        if result is None:  # could not be compiled (warned): the same solve, eagerly
             fallback = replace(problem, execution=replace(problem.execution, compiled=False))
             return integrate(fallback, y0)
+        carry, summary = result
         problem.field.count(1)  # f(t0, y0), evaluated inside the compiled call
     else:
         f0 = problem.first_derivative(y0).view(rows, -1)
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
                        _evaluations_per_iteration(loop))  # fmt: skip
+        summary = loop.summary(carry)
     if first_dt is None:
         problem.field.count(1)  # the starting-step heuristic's evaluation
-    return _finish(problem, loop, carry)
+    return _finish_rows(problem, loop, carry, summary)
 
 
 def _drive(
@@ -124,49 +125,41 @@ def _evaluations_per_iteration(loop: Loop) -> int:
 
 
 def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
-    """Record the statistics of the final carry, raise a row's failure, return the states
+    """One row: record the statistics of the final carry, raise its failure, return the states
     (len(times), N)."""
     carry = loop.finished(carry)
     stats = problem.stats
-    if loop.arith.rows:
-        failed = _record_rows(problem, loop, carry)
-    else:
-        stats.n_accepted, stats.n_rejected = carry.accepted, carry.rejected
-        stats.last_dt = carry.last_dt
-        failed = carry.status != RUNNING
-    status = carry.status
-    if loop.arith.rows and not problem.execution.per_sample:
-        status = status[0]
-    problem.outcome.status = status
-    problem.outcome.error = loop.failure(carry, stats.nfe) if failed else None
-    if problem.outcome.error is not None and problem.raise_on_failure:
-        raise problem.outcome.error
-    return loop.values(carry).reshape(len(problem.times), -1)
+    stats.n_accepted, stats.n_rejected = carry.accepted, carry.rejected
+    stats.last_dt = carry.last_dt
+    problem.outcome.status = carry.status
+    return _outcome(problem, loop, carry, carry.status != RUNNING)
 
 
-def _record_rows(problem: Problem, loop: Loop, carry: Carry) -> bool:
-    """Row statistics in one host synchronisation; whether some row failed.
-
-    ``n_accepted`` / ``n_rejected`` are those of the row that attempted the most steps and
-    ``last_dt`` its last step; per-sample solves also get every row's counts."""
-    attempts = carry.accepted + carry.rejected
-    slowest = attempts.argmax()
-    summary: list[Any] = torch.stack(
-        [
-            carry.iterations.double(),
-            carry.accepted[slowest].double(),
-            carry.rejected[slowest].double(),
-            carry.last_dt[slowest],
-            (carry.status != RUNNING).any().double(),
-        ]
-    ).tolist()
-    iterations, accepted, rejected, last_dt, failed = summary
+def _finish_rows(problem: Problem, loop: Loop, carry: Carry, summary: torch.Tensor) -> torch.Tensor:
+    """Rows: the statistics from the loop's summary (one host synchronisation); every row's
+    counts for per-sample solves. ``n_accepted`` / ``n_rejected`` are those of the row that
+    attempted the most steps and ``last_dt`` its last step."""
+    iterations, accepted, rejected, last_dt, failed, behind = summary.tolist()
     per_iteration = _evaluations_per_iteration(loop)
     stats = problem.stats
-    before = 1 + (problem.first_step is None)  # f(t0, y0) and the starting step's evaluation
     problem.field.count(int(iterations) * per_iteration)
     stats.n_accepted, stats.n_rejected, stats.last_dt = int(accepted), int(rejected), last_dt
     if problem.execution.per_sample:
-        nfe = before + attempts * per_iteration
+        before = 1 + (problem.first_step is None)  # f(t0, y0) and the starting step's evaluation
+        nfe = before + (carry.accepted + carry.rejected) * per_iteration
         stats.per_sample = PerSampleStats(nfe, carry.accepted, carry.rejected, carry.last_dt)
-    return bool(failed)
+    if behind or failed:
+        carry = loop.finished(carry)
+    status = carry.status if problem.execution.per_sample else carry.status[0]
+    problem.outcome.status = status
+    return _outcome(problem, loop, carry, bool(behind or failed))
+
+
+def _outcome(problem: Problem, loop: Loop, carry: Carry, failed: bool) -> torch.Tensor:
+    """Raise (or report) a failed row's error; the states at the output times, (T, N)."""
+    problem.outcome.error = loop.failure(carry, problem.stats.nfe) if failed else None
+    if problem.outcome.error is not None and problem.raise_on_failure:
+        raise problem.outcome.error
+    if not failed and loop.arith.rows:
+        return carry.outputs.reshape(len(problem.times), -1)
+    return loop.values(carry).reshape(len(problem.times), -1)

@@ -138,7 +138,17 @@ class Loop:
         self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
         self.t_end = torch.tensor(self.times[-1], dtype=torch.float64, device=device)
         self.dense_rows = dense_weights(self.tableau, device)
+        first, last = self.times[0], self.times[-1]
+        smallest = 10.0 * math.ulp(max(abs(first), abs(last), self.span))
+        self.resolution = torch.tensor(smallest, dtype=torch.float64, device=device)
         return self
+
+    def _resolution(self, t: Any) -> Any:
+        """Step sizes below this underflow: 10 ulp of the larger of |t| and the span (rows: of
+        the interval's ends, once, so the compiled iteration does not recompute it)."""
+        if self.arith.rows:
+            return self.resolution
+        return 10.0 * math.ulp(max(abs(t), self.span))
 
     # -- before the first step ---------------------------------------------------------------
 
@@ -235,8 +245,7 @@ class Loop:
                 accept, dt, memory = self.controller.propose(
                     arith, ratio, magnitude, c.memory, active
                 )
-                resolution = 10.0 * arith.ulp(arith.clamp_min(arith.absolute(c.t), self.span))
-                failed = arith.and_not(active, accept) & (dt < resolution)
+                failed = arith.and_not(active, accept) & (dt < self._resolution(c.t))
                 why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
         status = arith.where(failed, why, c.status)
         rejected = arith.and_not(active, accept)
@@ -348,6 +357,25 @@ class Loop:
             done += 1
         return c
 
+    def summary(self, c: Carry) -> torch.Tensor:
+        """Rows: what the host needs after the loop, as one (6,) float64 tensor (one
+        synchronisation, computed inside the compiled call when compiled): iterations, accepted
+        and rejected steps and the last step of the row that attempted the most, whether some
+        row failed, whether some row is short of the end."""
+        attempts = c.accepted + c.rejected
+        slowest = attempts.argmax() if attempts.shape[0] > 1 else 0
+        behind = (self.direction * (self.t_end - c.t) > 0).any()
+        return torch.stack(
+            [
+                c.iterations.double(),
+                c.accepted[slowest].double(),
+                c.rejected[slowest].double(),
+                c.last_dt[slowest],
+                (c.status != RUNNING).any().double(),
+                behind.double(),
+            ]
+        )
+
     def finished(self, c: Carry) -> Carry:
         """The final carry with rows still short of the end marked MAX_STEPS."""
         behind = self.direction * (self.t_end - c.t) > 0
@@ -358,9 +386,7 @@ class Loop:
         """The states at the output times, (T, R, N); NaN at the times a row did not reach."""
         if self.arith.rows:
             unreached = self.direction * (self.times_tensor[:, None] - c.t[None]) > 0
-            if c.status.any():
-                return torch.where(unreached[..., None], math.nan, c.outputs)
-            return c.outputs
+            return torch.where(unreached[..., None], math.nan, c.outputs)
         reached = torch.cat(c.outputs)
         missing = len(self.times) - reached.shape[0]
         return torch.cat([reached, reached.new_full((missing, *reached.shape[1:]), math.nan)])
