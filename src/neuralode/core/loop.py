@@ -362,15 +362,14 @@ class Loop:
         synchronisation, computed inside the compiled call when compiled): iterations, accepted
         and rejected steps and the last step of the row that attempted the most, whether some
         row failed, whether some row is short of the end."""
-        attempts = c.accepted + c.rejected
-        slowest = attempts.argmax() if attempts.shape[0] > 1 else 0
+        slowest = (c.accepted + c.rejected).argmax().reshape(1)
+        counts = torch.stack([c.accepted, c.rejected]).index_select(1, slowest)[:, 0].double()
         behind = (self.direction * (self.t_end - c.t) > 0).any()
         return torch.stack(
             [
                 c.iterations.double(),
-                c.accepted[slowest].double(),
-                c.rejected[slowest].double(),
-                c.last_dt[slowest],
+                *counts,
+                c.last_dt.index_select(0, slowest)[0],
                 (c.status != RUNNING).any().double(),
                 behind.double(),
             ]
