@@ -37,7 +37,15 @@ class Callbacks:
         """The callbacks of ``func`` (the ``*_adjoint`` ones for the adjoint's backward solve),
         or None if it has none."""
         suffix = "_adjoint" if adjoint else ""
-        found = [getattr(func, name + suffix, None) for name in NAMES]
+        # Looked up on the class and the instance's own attributes: nn.Module's __getattr__,
+        # reached on a miss, raises and catches an exception each time (every solve pays this).
+        own = getattr(func, "__dict__", {})
+        found = [
+            getattr(func, name + suffix)
+            if hasattr(type(func), name + suffix)
+            else own.get(name + suffix)
+            for name in NAMES
+        ]
         if not any(callable(c) for c in found):
             return None
         step, accept, reject = (c if callable(c) else None for c in found)
