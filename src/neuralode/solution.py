@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,13 +44,17 @@ class Solution:
     ts: torch.Tensor
     ys: State
     stats: SolverStats
-    status: torch.Tensor
+    _status: torch.Tensor | int = field(repr=False)
     error: Exception | None
     dense_output: DenseOutput | None = None
     layout: StateLayout | None = None
 
-    def __post_init__(self) -> None:
-        self.status = torch.as_tensor(self.status)
+    @property
+    def status(self) -> torch.Tensor:
+        """The status codes as a tensor (made when first asked: odeint never asks)."""
+        if not torch.is_tensor(self._status):
+            self._status = torch.as_tensor(self._status)
+        return self._status
 
     @property
     def success(self) -> bool:

@@ -48,9 +48,10 @@ class Tolerance:
     structure: Callable[[torch.Tensor], Any] | None = None
     parts: tuple[int, ...] | None = None
 
-    def scale(self, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
-        """The error scale of rows y0 → y1, (R, N)."""
-        scale = torch.addcmul(self.atol, self.rtol, torch.maximum(y0.abs(), y1.abs()))
+    def scale(self, y0: torch.Tensor, y1: torch.Tensor | None = None) -> torch.Tensor:
+        """The error scale of rows y0 → y1 (of y0 alone without y1), (R, N)."""
+        size = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+        scale = torch.addcmul(self.atol, self.rtol, size)
         return scale.clamp_(min=torch.finfo(scale.dtype).tiny) if self.exact_zero else scale
 
     def ratio(self, arith: Arith, error: torch.Tensor, scale: torch.Tensor) -> Any:

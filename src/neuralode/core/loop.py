@@ -186,7 +186,7 @@ class Loop:
         whether f is finite. One extra evaluation."""
         arith, tolerance, direction = self.arith, self.controller.tolerance, self.direction
         with torch.no_grad():
-            scale = tolerance.scale(y, y)
+            scale = tolerance.scale(y)
             d0, d1 = tolerance.ratio(arith, y, scale), tolerance.ratio(arith, f, scale)
             finite = arith.isfinite(d1)
             if not arith.rows and not finite:  # an infinite relative slope, or a NaN in f?
@@ -388,6 +388,8 @@ class Loop:
             return torch.where(unreached[..., None], math.nan, c.outputs)
         reached = torch.cat(c.outputs)
         missing = len(self.times) - reached.shape[0]
+        if not missing:
+            return reached
         return torch.cat([reached, reached.new_full((missing, *reached.shape[1:]), math.nan)])
 
     def failure(self, c: Carry, nfe: int) -> SolverError | None:

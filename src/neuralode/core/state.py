@@ -44,13 +44,13 @@ class StateLayout:
             flat = torch.cat([part.reshape(-1) for part in state])
         else:
             flat = state.reshape(-1)
-        return flat.to(self.working_dtype)
+        return flat if flat.dtype == self.working_dtype else flat.to(self.working_dtype)
 
     def unflatten(self, flat: torch.Tensor, cast: bool = True) -> State:
         """Tensor of shape (*lead, size) → state with each part of shape (*lead, *part_shape), in
         the user's dtype (or the working dtype, without ``cast``)."""
         lead = tuple(flat.shape[:-1])
-        if cast:
+        if cast and flat.dtype != self.dtype:
             flat = flat.to(self.dtype)
         if not self.is_tuple:
             return flat.reshape(lead + tuple(self.shapes[0]))

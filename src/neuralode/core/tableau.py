@@ -76,6 +76,9 @@ class Tableau:
     c_mid: tuple[float, ...] | None = None
     dense_basis: tuple[tuple[float, ...], ...] | None = None
     dense: np.ndarray = field(init=False, repr=False, compare=False)
+    _tensors: dict[tuple[torch.dtype, torch.device], TableauTensors] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
     implicit: ClassVar[bool] = False  # an explicit Runge–Kutta method
 
     def __post_init__(self) -> None:
@@ -127,10 +130,16 @@ class Tableau:
             dense = dense[:stages]
         return dense
 
-    @functools.lru_cache(maxsize=16)  # noqa: B019 - tableaus are immortal module constants
     def tensors(self, dtype: torch.dtype, device: torch.device) -> TableauTensors:
-        """The coefficients as tensors of the state's dtype on the state's device (cached)."""
+        """The coefficients as tensors of the state's dtype on the state's device (cached on
+        the tableau per dtype and device: looked up each step, so not through the dataclass's
+        hash of every coefficient)."""
+        cached = self._tensors.get((dtype, device))
+        if cached is None:
+            cached = self._tensors[(dtype, device)] = self._make_tensors(dtype, device)
+        return cached
 
+    def _make_tensors(self, dtype: torch.dtype, device: torch.device) -> TableauTensors:
         def as_tensor(values: object) -> torch.Tensor:
             """A (1, n) row: the loop's combinations are row × (n, N) matrix products."""
             row = np.asarray(values, dtype=np.float64).reshape(1, -1)
