@@ -128,7 +128,7 @@ def solve(
                 "with options 'per_sample' or 'compile', or with gradient='checkpoint'"
             )
         direction = 1.0 if problem.times[-1] >= problem.times[0] else -1.0
-        dense_output = DenseOutput(problem.method, direction)
+        dense_output = DenseOutput(direction)
         problem = replace(problem, watch=dense_output)
     flat = with_time_gradients(problem, t, mode.solve, problem.y0)
     ys = problem.layout.unflatten(flat)

@@ -22,6 +22,8 @@ from .controllers import (
     CONTROLLER_COEFFICIENTS,
     AdaptiveController,
     FixedGrid,
+    Landings,
+    Nudge,
     Tolerance,
     make_grid,
 )
@@ -33,9 +35,11 @@ from .stats import SolverStats
 from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
 
-GRID_OPTIONS = {"step_size", "grid"}
+GRID_OPTIONS = {"step_size", "grid", "grid_constructor", "interp", "perturb"}
+FIXED_ONLY_OPTIONS = {"interp", "perturb"}
 CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
-                   "max_num_steps", "norm", "controller"}  # fmt: skip
+                   "max_num_steps", "norm", "controller", "step_t", "jump_t"}  # fmt: skip
+LANDING_OPTIONS = {"step_t", "jump_t"}
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
 DEFAULT_MAX_NUM_STEPS = 100_000
@@ -109,10 +113,14 @@ class Problem:
         return ExplicitRK(self.method)
 
     def first_derivative(self, y0: torch.Tensor) -> torch.Tensor:
-        """f(t[0], y0) for a flat y0, checking func's output shape, dtype and device (counted)."""
+        """f(t[0], y0) for a flat y0 (just after t[0] with perturb), checking func's output
+        shape, dtype and device (counted)."""
         self.field.count(1)
         layout = self.layout
-        time = torch.full((), self.times[0], dtype=layout.dtype, device=layout.device)
+        start = self.times[0]
+        if isinstance(self.controller, FixedGrid) and self.controller.nudge is not None:
+            start = self.controller.nudge.toward(start, 1.0 if self.times[-1] >= start else -1.0)
+        time = torch.full((), start, dtype=layout.dtype, device=layout.device)
         f0 = self.field.func(time, layout.unflatten(y0))
         _check_derivative(f0, layout)
         return layout.flatten(f0)
@@ -139,14 +147,16 @@ def make_problem(
     stats = SolverStats()
     flat_field = FlatField(func, layout, stats)
     execution = _execution(options, tableau, layout)
-    grid = _grid_option(options, times)
+    grid = _grid_option(options, times, func, y0, t)
     fixed = grid is not None or "step_size" in options or not tableau.adaptive
+    _check_step_kind(options, fixed, execution)
     tolerance = make_tolerance(layout, rtol, atol, options.get("norm"), adaptive=not fixed)
     controller: AdaptiveController | FixedGrid
     if fixed:
-        controller = make_grid(options.get("step_size"), grid, times)
+        interp, nudge = _interp_perturb(options, layout, tableau)
+        controller = make_grid(options.get("step_size"), grid, times, interp, nudge)
     else:
-        controller = make_controller(tableau, tolerance, options)
+        controller = make_controller(tableau, tolerance, options, layout)
     return Problem(
         layout,
         layout.flatten(y0),
@@ -225,9 +235,13 @@ def make_tolerance(
 
 
 def make_controller(
-    tableau: Tableau, tolerance: Tolerance, options: Mapping[str, Any]
+    tableau: Tableau,
+    tolerance: Tolerance,
+    options: Mapping[str, Any],
+    layout: StateLayout | None = None,
 ) -> AdaptiveController:
-    """The adaptive controller that the options configure (default: I control)."""
+    """The adaptive controller that the options configure (default: I control; ``step_t`` and
+    ``jump_t`` need the state's ``layout``, for func's time dtype)."""
     name = options.get("controller", "I")
     if name not in CONTROLLER_COEFFICIENTS:
         raise ODEInputError(
@@ -243,9 +257,11 @@ def make_controller(
                 raise ODEInputError(f"option {key!r} must be a number, got {value!r}")
             numbers[key] = float(value)
     assert tableau.error_order is not None
+    landings = _landings(options, layout) if LANDING_OPTIONS & set(options) else None
     return AdaptiveController(
-        tableau.error_order, tolerance, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, **numbers
-    )
+        tableau.error_order, tolerance, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff,
+        landings=landings, **numbers,
+    )  # fmt: skip
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -404,7 +420,7 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
 
 def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout) -> Execution:
     execution = Execution(bool(options.get("per_sample")), bool(options.get("compile")))
-    fixed = sorted({"step_size", "grid"} & set(options))
+    fixed = sorted({"step_size", "grid", "grid_constructor"} & set(options))
     if execution.per_sample:
         if layout.is_tuple or len(layout.shapes[0]) < 1:
             raise ODEInputError(
@@ -438,10 +454,89 @@ def _callbacks(func: Any, layout: StateLayout, execution: Execution) -> Callback
     return callbacks
 
 
-def _grid_option(options: Mapping[str, Any], times: list[float]) -> list[float] | None:
-    """The fixed-step grid given by options 'step_size' or 'grid' (validated), else None."""
-    if "step_size" in options and "grid" in options:
-        raise ODEInputError("give options 'step_size' or 'grid', not both")
+def _check_step_kind(options: Mapping[str, Any], fixed: bool, execution: Execution) -> None:
+    """Options of fixed steps only with fixed steps, of adaptive steps only with adaptive."""
+    for key in sorted(FIXED_ONLY_OPTIONS & set(options)):
+        if not fixed:
+            raise ODEInputError(
+                f"option {key!r} is for fixed-step solves (a fixed-step method such as 'rk4', or "
+                "options 'step_size' / 'grid' / 'grid_constructor')"
+            )
+    for key in sorted(LANDING_OPTIONS & set(options)):
+        if fixed:
+            raise ODEInputError(
+                f"option {key!r} is for adaptive steps; a fixed-step solve steps on its grid: put "
+                "the times in options 'grid'"
+            )
+        if execution != Execution():
+            raise ODEInputError(
+                f"option {key!r} works with shared-step eager solves: it cannot be combined with "
+                "options 'per_sample' or 'compile'"
+            )
+
+
+def _interp_perturb(
+    options: Mapping[str, Any], layout: StateLayout, tableau: Tableau
+) -> tuple[str, Nudge | None]:
+    """A fixed grid's interpolation between grid points (torchdiffeq's default "linear" for
+    fixed-step methods; an adaptive method on a grid keeps its own interpolant unless told) and
+    its perturb."""
+    given = options.get("interp")
+    if given is not None and given not in ("linear", "cubic"):
+        raise ODEInputError(f"option 'interp' must be 'linear' or 'cubic', got {given!r}")
+    interp = given or ("method" if tableau.adaptive else "linear")
+    perturb = options.get("perturb", False)
+    if not isinstance(perturb, bool):
+        raise ODEInputError(f"option 'perturb' must be True or False, got {perturb!r}")
+    return interp, Nudge(layout.dtype) if perturb else None
+
+
+def _landings(options: Mapping[str, Any], layout: StateLayout | None) -> Landings:
+    """step_t and jump_t: times (1-D tensors or sequences) the adaptive steps land on."""
+    points: dict[str, list[float]] = {}
+    for key in ("step_t", "jump_t"):
+        value = options.get(key)
+        if value is None:
+            points[key] = []
+            continue
+        try:
+            given = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ODEInputError(
+                f"option {key!r} must be a 1-D tensor (or a sequence) of times, got {value!r}"
+            ) from None
+        points[key] = given.tolist()
+        if not all(math.isfinite(p) for p in points[key]):
+            raise ODEInputError(f"option {key!r} must hold finite times, got {points[key]}")
+    shared = sorted(set(points["step_t"]) & set(points["jump_t"]))
+    if shared:
+        raise ODEInputError(
+            f"options 'step_t' and 'jump_t' share the time(s) {shared}: a time is either a step "
+            "time or a jump time; leave it in 'jump_t'"
+        )
+    dtype = torch.float64 if layout is None else layout.dtype
+    jumps = frozenset(points["jump_t"])
+    return Landings(tuple(sorted({*points["step_t"], *jumps})), jumps, Nudge(dtype))
+
+
+def _grid_option(
+    options: Mapping[str, Any], times: list[float], func: Any, y0: State, t: torch.Tensor
+) -> list[float] | None:
+    """The fixed-step grid given by options 'step_size', 'grid' or 'grid_constructor'
+    (called as torchdiffeq calls it: ``grid_constructor(func, y0, t)``), validated; else
+    None."""
+    given_by = sorted({"step_size", "grid", "grid_constructor"} & set(options))
+    if len(given_by) > 1:
+        raise ODEInputError(f"give one of options 'step_size', 'grid', 'grid_constructor', not "
+                            f"{given_by}")  # fmt: skip
+    if "grid_constructor" in options:
+        constructor = options["grid_constructor"]
+        if not callable(constructor):
+            raise ODEInputError(
+                "option 'grid_constructor' must be a callable grid_constructor(func, y0, t) -> "
+                f"1-D tensor of times, got {constructor!r}"
+            )
+        options = {"grid": constructor(func, y0, t)}
     if "step_size" in options:
         step_size = options["step_size"]
         if not (_is_number(step_size) and math.isfinite(step_size) and step_size > 0):

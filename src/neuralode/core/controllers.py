@@ -81,6 +81,46 @@ class Tolerance:
         return replace(self, rtol=split(self.rtol), atol=split(self.atol))
 
 
+@dataclass(frozen=True)
+class Nudge:
+    """One unit in the last place of the time dtype that func receives: f evaluated on the side
+    of a discontinuity at t that a step is on (torchdiffeq's ``perturb``)."""
+
+    dtype: torch.dtype
+
+    def toward(self, t: float, side: float) -> float:
+        """The time next to t in the direction of ``side`` (+1 or -1)."""
+        at = torch.tensor(t, dtype=self.dtype)
+        return float(torch.nextafter(at, torch.tensor(side * math.inf, dtype=self.dtype)))
+
+
+@dataclass(frozen=True)
+class Landings:
+    """Times that adaptive steps must end on (torchdiffeq's ``step_t`` and ``jump_t``): a step
+    that would pass one ends there. At a ``jump_t`` time f may jump: the step ending there
+    evaluates f there just before it, and the next step starts from f just after it.
+
+    Attributes:
+        points: step_t and jump_t together, ascending.
+        jumps: the jump_t times.
+        nudge: the time dtype's unit in the last place.
+    """
+
+    points: tuple[float, ...]
+    jumps: frozenset[float]
+    nudge: Nudge
+
+    def next(self, t: float, end: float, direction: float) -> float:
+        """The first landing strictly after t in the direction of integration, or ``end``."""
+        if direction > 0:
+            index = bisect.bisect_right(self.points, t)
+            point = self.points[index] if index < len(self.points) else math.inf
+            return min(point, end)
+        index = bisect.bisect_left(self.points, t) - 1
+        point = self.points[index] if index >= 0 else -math.inf
+        return max(point, end)
+
+
 CONTROLLER_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
     "I": (0.0, 1.0, 0.0),
     "PI": (0.4, 0.3, 0.0),
@@ -122,6 +162,7 @@ class AdaptiveController:
     dcoeff: float = 0.0
     min_step: float = 0.0
     max_step: float = math.inf
+    landings: Landings | None = None
 
     needs_error = True
 
@@ -184,9 +225,17 @@ class FixedGrid:
 
     Attributes:
         grid: times sorted in the direction of integration, covering the interval.
+        interp: how states at output times between grid points are made (torchdiffeq's
+            ``interp``): ``"linear"`` between the step's ends, ``"cubic"`` Hermite from the
+            ends and their slopes, or ``"method"``: the method's own interpolant (adaptive
+            methods on a grid).
+        nudge: with torchdiffeq's ``perturb``, every grid point may be a discontinuity of f:
+            each step evaluates f just after its start and just before its end; else None.
     """
 
     grid: tuple[float, ...]
+    interp: str = "linear"
+    nudge: Nudge | None = None
 
     needs_error = False
 
@@ -211,11 +260,15 @@ class FixedGrid:
         low, high = min(start, end), max(start, end)
         inner = [g for g in self.grid if low < g < high]
         ordered = sorted(inner, reverse=end < start)
-        return FixedGrid((start, *ordered, end))
+        return replace(self, grid=(start, *ordered, end))
 
 
 def make_grid(
-    step_size: float | None, grid: Sequence[float] | None, times: Sequence[float]
+    step_size: float | None,
+    grid: Sequence[float] | None,
+    times: Sequence[float],
+    interp: str = "linear",
+    nudge: Nudge | None = None,
 ) -> FixedGrid:
     """The fixed grid from ``step_size`` (steps of that size from t[0], the last one shorter),
     ``grid`` (given times), or neither (the output times)."""
@@ -226,7 +279,7 @@ def make_grid(
         # carry about 6·10⁻⁸·|t|), not a sliver of a step more.
         rounding = 1e-6 * max(abs(t0), abs(t1), step_size)
         n = max(1, math.ceil((abs(t1 - t0) - rounding) / step_size))
-        return FixedGrid((*(t0 + direction * step_size * i for i in range(n)), t1))
-    if grid is not None:
-        return FixedGrid(tuple(grid))
-    return FixedGrid(tuple(times))
+        points = (*(t0 + direction * step_size * i for i in range(n)), t1)
+    else:
+        points = tuple(times if grid is None else grid)
+    return FixedGrid(points, interp, nudge)

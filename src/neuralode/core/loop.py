@@ -32,7 +32,7 @@ from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, St
 from .arith import Arith
 from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
-from .steppers import Field, Stepper, combine, dense_weights, interpolate
+from .steppers import Field, Stepper, combine, dense_weights, hermite, interpolate
 from .tableau import Tableau
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED = 0, 1, 2, 3, 4
@@ -80,17 +80,20 @@ class AcceptedStep:
     y1: torch.Tensor
     ks: list[torch.Tensor]
     end_derivative: torch.Tensor | None  # f(t1, y1) if the method evaluated it
+    field: Field  # the step's field (f just before t1 where f jumps there)
 
     @property
     def f1(self) -> torch.Tensor:
         """dy/dt at the step's end, (1, N) (evaluated once, if the method has not)."""
         if self.end_derivative is None:
-            self.end_derivative = self.loop.field(self.t1, self.y1)
+            self.end_derivative = self.field(self.t1, self.y1)
         return self.end_derivative
 
     def at(self, times: list[float]) -> torch.Tensor:
         """The dense output at ``times`` inside the step: (len(times), N)."""
-        return self.loop.dense(self.t, self.y, self.t1 - self.t, self.ks, self.f1, times)[:, 0]
+        loop = self.loop
+        f1 = self.f1 if loop.needs_end_derivative else None
+        return loop.dense(self.t, self.y, self.t1 - self.t, self.ks, self.y1, f1, times)[:, 0]
 
 
 Watch = Callable[[AcceptedStep], bool]
@@ -131,6 +134,12 @@ class Loop:
         self.fsal = self.tableau.fsal
         # f(t1, y1) is evaluated lazily on one row; rows evaluate it every iteration.
         self.lazy_end = not arith.rows and not self.fsal
+        fixed = isinstance(controller, FixedGrid)
+        self.interp = controller.interp if fixed else "method"
+        self.needs_end_derivative = self.interp != "linear"  # for the dense output
+        # Where f may jump (one row): every grid point with perturb, or jump_t's times.
+        self.landings = None if fixed or arith.rows else controller.landings
+        self.nudge = controller.nudge if fixed else getattr(self.landings, "nudge", None)
 
     def on(self, device: torch.device) -> Loop:
         """Rows: the output times and end as float64 tensors on ``device`` (separate tensors:
@@ -223,14 +232,20 @@ class Loop:
         arith, direction, tableau = self.arith, self.direction, self.tableau
         remaining = direction * (self.t_end - c.t)
         active = (remaining > 0) & (c.status == RUNNING)
-        last = active & (c.dt >= remaining)
-        step = direction * arith.where(active, arith.minimum(c.dt, remaining), 0.0)
-        t1 = arith.where(last, self.t_end, c.t + step)
+        target, bound = self.t_end, remaining
+        if self.landings is not None:
+            target = self.landings.next(c.t, self.t_end, direction)
+            bound = direction * (target - c.t)
+        last = active & (c.dt >= bound)
+        step = direction * arith.where(active, arith.minimum(c.dt, bound), 0.0)
+        t1 = arith.where(last, target, c.t + step)
         if self.callbacks is not None:
             self.callbacks.before(c.t, c.y, step)
         f = self.field(c.t, c.y) if c.f is None else c.f
-        ks, y1 = self.stepper.step(self.field, arith, c.t, c.y, f, step)
-        f1 = ks[-1] if self.fsal else (None if self.lazy_end else self.field(t1, y1))
+        jump = self._jump(t1, last)
+        field = self.field if not jump else self._before(c.t + step, t1)
+        ks, y1 = self.stepper.step(field, arith, c.t, c.y, f, step)
+        f1 = ks[-1] if self.fsal else (None if self.lazy_end else field(t1, y1))
         magnitude = arith.absolute(step)
         with torch.no_grad():
             if isinstance(self.controller, FixedGrid):
@@ -254,19 +269,21 @@ class Loop:
         if not arith.rows and accept:
             self.stepper.accepted()
         if watch is not None and accept:
-            seen = AcceptedStep(self, c.t, c.y, t1, y1, ks, f1)
+            seen = AcceptedStep(self, c.t, c.y, t1, y1, ks, f1, field)
             stop = watch(seen)
             f1 = seen.end_derivative
             if stop:  # the watcher has what it needs: end here, at t1
                 return c._replace(t=t1, y=y1, f=f1, status=STOPPED, accepted=c.accepted + 1,
                                   iterations=c.iterations + 1)  # fmt: skip
-        outputs, next_output, f1 = self._record(c, t1, y1, step, ks, f1, accept)
+        outputs, next_output, f1 = self._record(c, t1, y1, step, ks, f1, accept, field)
         if arith.rows:
             keep = accept[:, None]
             y_next = torch.where(keep, y1, c.y)
             f_next = torch.where(keep, f1, c.f)
         else:
             y_next, f_next = (y1, f1) if accept else (c.y, f)
+            if jump and accept and t1 != self.t_end:  # the next step starts just after t1
+                f_next = self.field(self.nudge.toward(t1, direction), y1)
         return Carry(
             arith.where(accept, t1, c.t),
             dt,
@@ -291,9 +308,10 @@ class Loop:
         ks: list[torch.Tensor],
         f1: torch.Tensor | None,
         accept: Any,
+        field: Field,
     ) -> tuple[Any, int | None, torch.Tensor | None]:
         """The outputs with every output time in (t, t1] of an accepted step filled in from the
-        step's dense output; f1 (evaluated if the dense output needed it)."""
+        step's dense output; f1 (evaluated by ``field`` if the dense output needed it)."""
         direction = self.direction
         if self.arith.rows:
             times, t = self.times_tensor[:, None], c.t[None]
@@ -317,9 +335,9 @@ class Loop:
         interior = [times[j] for j in range(first, index) if times[j] != t1]
         blocks = []
         if interior:
-            if f1 is None:
-                f1 = self.field(t1, y1)
-            blocks.append(self.dense(c.t, c.y, step, ks, f1, interior))
+            if f1 is None and self.needs_end_derivative:
+                f1 = field(t1, y1)
+            blocks.append(self.dense(c.t, c.y, step, ks, y1, f1, interior))
         if index > first and times[index - 1] == t1:
             blocks.append(y1[None])
         return c.outputs + tuple(blocks), index, f1
@@ -330,13 +348,42 @@ class Loop:
         y: torch.Tensor,
         step: float,
         ks: list[torch.Tensor],
-        f1: torch.Tensor,
+        y1: torch.Tensor,
+        f1: torch.Tensor | None,
         times: list[float],
     ) -> torch.Tensor:
-        """Dense output of one row's step from (t, y) at ``times`` inside it: (m, 1, N)."""
+        """Dense output of one row's step from (t, y) to y1 at ``times`` inside it: (m, 1, N),
+        by the method's interpolant, or on a fixed grid as its ``interp`` says (f1 = f(t1, y1)
+        is not needed for "linear")."""
         theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
                              device=y.device)  # fmt: skip
+        if self.interp == "linear":
+            return torch.lerp(y, y1, theta[..., None].to(y.dtype))
+        assert f1 is not None
+        if self.interp == "cubic":
+            return hermite(y, y1, ks[0], f1, step, theta)
         return interpolate(dense_weights(self.tableau, y.device), y, step, [*ks, f1], theta)
+
+    def _jump(self, t1: Any, last: Any) -> bool:
+        """Whether f may jump at the end t1 of this step (one row): with perturb every fixed
+        step ends on one; adaptive steps that land on a jump_t time."""
+        if self.nudge is None:
+            return False
+        if self.landings is None:
+            return True
+        return bool(last) and t1 in self.landings.jumps
+
+    def _before(self, end: float, t1: float) -> Field:
+        """The field of a step that ends where f may jump: at its end (``end`` = t + step as the
+        stepper computes it, or t1) f is evaluated just before t1."""
+        assert self.nudge is not None
+        before = self.nudge.toward(t1, -self.direction)
+        field = self.field
+
+        def nudged(t: float, y: torch.Tensor) -> torch.Tensor:
+            return field(before if t in (end, t1) else t, y)
+
+        return nudged
 
     # -- running and ending ------------------------------------------------------------------
 

@@ -220,3 +220,19 @@ def interpolate(
     weights = (powers @ dense).to(y.dtype)  # (T, R, basis)
     stacked = torch.stack(basis[:n_basis])  # (basis, R, N)
     return y + h * torch.einsum("trs,srn->trn", weights, stacked)
+
+
+def hermite(
+    y: torch.Tensor,
+    y1: torch.Tensor,
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    h: float,
+    theta: torch.Tensor,
+) -> torch.Tensor:
+    """The cubic Hermite interpolant of a step of size h from rows y (slope f0) to y1 (slope f1)
+    at fractions ``theta`` (T, R) of the step: (T, R, N)."""
+    s = theta[..., None].to(y.dtype)
+    s2, s3 = s * s, s * s * s
+    slopes = (s - 2 * s2 + s3) * f0 + (s3 - s2) * f1
+    return y + h * slopes + (3 * s2 - 2 * s3) * (y1 - y)

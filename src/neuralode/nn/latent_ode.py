@@ -49,7 +49,9 @@ class BackwardEncoder(ODEModule):
         ode_rnn: bool = False,
         solver: SolverConfig | None = None,
     ) -> None:
-        super().__init__(solver or SolverConfig("rk4", options={"step_size": 0.01}))
+        # Observation times fall between grid points: the cubic Hermite interpolant there.
+        default = SolverConfig("rk4", options={"step_size": 0.01, "interp": "cubic"})
+        super().__init__(solver or default)
         self.cell = nn.GRUCell(data_dim + 1, hidden)
         self.to_posterior = nn.Linear(hidden, 2 * latent_dim)
         self.evolve = AutonomousField(mlp((hidden, hidden, hidden))) if ode_rnn else None
