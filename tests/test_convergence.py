@@ -48,6 +48,10 @@ STEP_SIZES = {
     "tsit5": [0.05, 0.025, 0.0125],
     "dopri8": [0.1, 0.05, 0.025],
     "rosenbrock23": [0.02, 0.01, 0.005],
+    # Adams–Bashforth of order 11 (max_order 12) is stable only for |h λ| ≲ 0.003 (λ = 3i here).
+    "explicit_adams": [0.001, 0.0005, 0.00025],
+    "implicit_adams": [0.04, 0.02, 0.01],
+    "fixed_adams": [0.04, 0.02, 0.01],
 }
 PROBLEMS = {"dopri8": (riccati, riccati_exact, 1.0)}
 

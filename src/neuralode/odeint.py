@@ -41,7 +41,8 @@ def odeint(
         t: 1-D tensor of strictly increasing or strictly decreasing output times.
         rtol: relative tolerance, a float or a tensor broadcastable to the state.
         atol: absolute tolerance, a float or a tensor broadcastable to the state.
-        method: one of ``neuralode.METHODS`` (default ``"dopri5"``), or a
+        method: one of ``neuralode.METHODS`` (default ``"dopri5"``; the fixed-grid Adams methods
+            ``explicit_adams``, ``implicit_adams`` and its alias ``fixed_adams`` included), or a
             :class:`~neuralode.Tableau` (an explicit Runge–Kutta method of your own).
         options: solver options. Any method: ``step_size`` (fixed steps of this size) or ``grid``
             (fixed steps on these times). Adaptive methods also: ``first_step``, ``safety``
@@ -54,7 +55,11 @@ def odeint(
             tensor), ``compile`` (True: the whole adaptive solve as one ``torch.compile``'d
             call; see :mod:`neuralode.core.compiled`). ``rosenbrock23`` instead of the last two:
             ``jacobian`` (``"full"`` or ``"per_sample"``: B independent systems) and
-            ``jacobian_every`` (1).
+            ``jacobian_every`` (1). ``explicit_adams`` / ``implicit_adams`` (``fixed_adams``),
+            torchdiffeq's Adams methods on the grid, besides it: ``max_order`` (12: the
+            history holds at most max_order − 1 past derivatives; below 4 every step is rk4)
+            and ``max_iters`` (4: the corrector's functional iterations, tested against rtol
+            and atol).
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.

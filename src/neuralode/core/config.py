@@ -6,6 +6,7 @@ fix. Nothing downstream re-validates or re-derives a value that these objects ho
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import ODEInputError
+from .adams import Adams
+from .adams_method import MAX_ORDER, MIN_ORDER, AdamsMethod
 from .callbacks import Callbacks
 from .controllers import (
     CONTROLLER_COEFFICIENTS,
@@ -28,7 +31,7 @@ from .controllers import (
     make_grid,
 )
 from .loop import Watch
-from .methods import DEFAULT_METHOD, METHODS
+from .methods import DEFAULT_METHOD, METHODS, RK4
 from .rosenbrock_method import RosenbrockMethod
 from .state import LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
 from .stats import SolverStats
@@ -42,6 +45,7 @@ CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "ma
 LANDING_OPTIONS = {"step_t", "jump_t"}
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
+ADAMS_OPTIONS = {"max_order", "max_iters"}
 DEFAULT_MAX_NUM_STEPS = 100_000
 
 
@@ -106,8 +110,11 @@ class Problem:
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
 
-    def stepper(self) -> ExplicitRK | Rosenbrock:
-        """A fresh stepper for one solve (a Rosenbrock stepper keeps its Jacobian)."""
+    def stepper(self) -> ExplicitRK | Rosenbrock | Adams:
+        """A fresh stepper for one solve (a Rosenbrock stepper keeps its Jacobian, an Adams
+        stepper its history, both starting empty)."""
+        if isinstance(self.method, AdamsMethod):
+            return Adams(self.method, self.tolerance, ExplicitRK(RK4))
         if isinstance(self.method, RosenbrockMethod):
             return Rosenbrock(self.method, self.field, self.jacobian_blocks, self.jacobian_every)
         return ExplicitRK(self.method)
@@ -143,6 +150,7 @@ def make_problem(
     tableau = resolve_method(method)
     options = dict(options or {})
     _check_option_names(options, tableau)
+    tableau = _adams_options(tableau, options)
     layout = StateLayout(y0)
     stats = SolverStats()
     flat_field = FlatField(func, layout, stats)
@@ -399,8 +407,19 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
     valid = set(GRID_OPTIONS)
     if tableau.adaptive:
         valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
+    multistep = isinstance(tableau, AdamsMethod)
+    row_options = sorted({key for key in ROW_OPTIONS if options.get(key)})
+    if multistep:
+        valid |= ADAMS_OPTIONS
+        if row_options:
+            raise ODEInputError(
+                f"method {tableau.name!r} (a multistep method) does not take option(s) "
+                f"{row_options}: its history of past derivatives moves on with the shared steps "
+                "of the whole state, eagerly; drop the option(s), or use an adaptive "
+                "Runge–Kutta method (e.g. 'dopri5')"
+            )
     for key in options:
-        if key not in valid:
+        if key not in valid and not (multistep and key in ROW_OPTIONS):  # (False: the default)
             raise ODEInputError(
                 f"unknown option {key!r} for method {tableau.name!r}; valid options are: "
                 f"{', '.join(sorted(valid))}"
@@ -410,12 +429,39 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
             raise ODEInputError(
                 f"option {key!r} is for implicit methods (rosenbrock23), not {tableau.name!r}"
             )
-    row_options = sorted({key for key in ROW_OPTIONS if options.get(key)})
     if tableau.implicit and row_options:
         raise ODEInputError(
             f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
             "steps the whole state with one Jacobian, eagerly"
         )
+
+
+def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> Tableau:
+    """An Adams method with its options 'max_order' and 'max_iters' (validated) in it, so that
+    problems built from it (the adjoint's backward solve) step alike; other methods as given."""
+    if not isinstance(tableau, AdamsMethod):
+        return tableau
+    max_order = options.get("max_order", tableau.max_order)
+    if (
+        not isinstance(max_order, int)
+        or isinstance(max_order, bool)
+        or not (1 <= max_order <= MAX_ORDER)
+    ):
+        raise ODEInputError(
+            f"option 'max_order' must be an integer from 1 to {MAX_ORDER} (the Adams history "
+            f"holds max_order - 1 past derivatives), got {max_order!r}"
+        )
+    if max_order < MIN_ORDER:
+        warnings.warn(
+            f"neuralode: max_order={max_order} is below {MIN_ORDER}, so method "
+            f"{tableau.name!r} reduces to rk4 (every step is an rk4 step), as in torchdiffeq",
+            UserWarning,
+            stacklevel=4,
+        )
+    max_iters = _positive_int(options, "max_iters", tableau.max_iters)
+    if (max_order, max_iters) == (tableau.max_order, tableau.max_iters):
+        return tableau
+    return dataclasses.replace(tableau, max_order=max_order, max_iters=max_iters)
 
 
 def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout) -> Execution:

@@ -6,6 +6,7 @@ carry."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -85,7 +86,7 @@ def _drive(
         return loop.run(carry, watch=problem.watch)
     segments = _Segments(problem, loop, every, per_iteration)
     while bool(loop.running(carry)):
-        carry = checkpoint(segments, carry, use_reentrant=False)
+        carry = checkpoint(segments, carry, loop.stepper.snapshot(), use_reentrant=False)
     segments.forward_done = True
     return carry
 
@@ -98,7 +99,10 @@ class _Segments:
     per_iteration: int | None
     forward_done: bool = False
 
-    def __call__(self, carry: Carry) -> Carry:
+    def __call__(self, carry: Carry, memory: Any) -> Carry:
+        # The stepper's memory across steps (a multistep history, a Jacobian) as the segment
+        # first started: its rerun in the backward pass repeats the same steps.
+        self.loop.stepper.restore(memory)
         if not self.forward_done:
             return self.loop.run(carry, self.every)
         # A rerun in the backward pass: autograd may stop it as soon as it has recomputed what

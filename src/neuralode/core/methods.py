@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
+from .adams_method import EXPLICIT_ADAMS, FIXED_ADAMS, IMPLICIT_ADAMS
 from .rosenbrock_method import ROSENBROCK23
 from .tableau import Tableau
 
@@ -377,6 +378,9 @@ METHODS: dict[str, Tableau] = {
         TSIT5,
         DOPRI8,
         ROSENBROCK23,
+        EXPLICIT_ADAMS,
+        IMPLICIT_ADAMS,
+        FIXED_ADAMS,
     )
 }
 DEFAULT_METHOD = "dopri5"

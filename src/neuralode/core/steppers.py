@@ -51,6 +51,15 @@ class Stepper(Protocol):
         rejected."""
         ...
 
+    def snapshot(self) -> Any:
+        """The memory across steps (immutable; None if none), for :meth:`restore`."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Back to the memory of a :meth:`snapshot` (a checkpointed segment's rerun starts from
+        the memory its first run started from)."""
+        ...
+
 
 def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
     """Σ_s weights[s] ks[s] over the stages given, (R, N). Compiled: an unrolled sum that
@@ -96,6 +105,12 @@ class ExplicitRK:
     def accepted(self) -> None:
         """No memory across steps."""
 
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, snapshot: None) -> None:
+        """No memory across steps."""
+
 
 class Rosenbrock:
     """A Rosenbrock W-method step on one row (see :mod:`neuralode.core.rosenbrock_method`).
@@ -128,6 +143,12 @@ class Rosenbrock:
     def accepted(self) -> None:
         self._uses += 1
         self._retry = False
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return self._jacobian, self._jacobian_t, self._uses, self._retry
+
+    def restore(self, snapshot: tuple[Any, ...]) -> None:
+        self._jacobian, self._jacobian_t, self._uses, self._retry = snapshot
 
     def step(
         self, field: Field, arith: Arith, t: float, y: torch.Tensor, f: torch.Tensor, step: float
