@@ -25,6 +25,8 @@ from .controllers import (
     Tolerance,
     make_grid,
 )
+from .implicit import DEFAULT_MAX_ITERS, ImplicitRK
+from .implicit_methods import ImplicitMethod
 from .loop import Watch
 from .methods import DEFAULT_METHOD, METHODS
 from .rosenbrock_method import RosenbrockMethod
@@ -38,6 +40,7 @@ CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "ma
                    "max_num_steps", "norm", "controller"}  # fmt: skip
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
+IMPLICIT_OPTIONS = {"max_iters"}  # fixed-grid implicit Runge–Kutta methods (with the above)
 DEFAULT_MAX_NUM_STEPS = 100_000
 
 
@@ -75,7 +78,8 @@ class Problem:
         execution: shared or per-sample steps, eager or compiled.
         max_num_steps: bound on attempted steps.
         first_step: magnitude of the first step, or None for the starting-step heuristic.
-        jacobian_blocks, jacobian_every: a Rosenbrock method's Jacobian structure and reuse.
+        jacobian_blocks, jacobian_every: an implicit method's Jacobian structure and reuse.
+        max_iters: an implicit Runge–Kutta method's Newton iterations per step at most.
         raise_on_failure: raise the first failed row's error (else report it in ``outcome``
             and leave NaN at the times that row did not reach).
         watch: shown each accepted step of a shared-step eager solve (dense output).
@@ -96,14 +100,18 @@ class Problem:
     first_step: float | None = None
     jacobian_blocks: int = 1
     jacobian_every: int = 1
+    max_iters: int = DEFAULT_MAX_ITERS
     raise_on_failure: bool = True
     watch: Watch | None = None
     callbacks: Callbacks | None = None
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
 
-    def stepper(self) -> ExplicitRK | Rosenbrock:
-        """A fresh stepper for one solve (a Rosenbrock stepper keeps its Jacobian)."""
+    def stepper(self) -> ExplicitRK | Rosenbrock | ImplicitRK:
+        """A fresh stepper for one solve (an implicit stepper keeps its Jacobian)."""
+        if isinstance(self.method, ImplicitMethod):
+            return ImplicitRK(self.method, self.field, self.jacobian_blocks, self.jacobian_every,
+                              self.max_iters)  # fmt: skip
         if isinstance(self.method, RosenbrockMethod):
             return Rosenbrock(self.method, self.field, self.jacobian_blocks, self.jacobian_every)
         return ExplicitRK(self.method)
@@ -160,6 +168,7 @@ def make_problem(
         _first_step(options),
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
+        _positive_int(options, "max_iters", DEFAULT_MAX_ITERS),
         callbacks=_callbacks(func, layout, execution),
         stats=stats,
     )
@@ -383,6 +392,8 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
     valid = set(GRID_OPTIONS)
     if tableau.adaptive:
         valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
+    if isinstance(tableau, ImplicitMethod):
+        valid |= JACOBIAN_OPTIONS | IMPLICIT_OPTIONS | ROW_OPTIONS
     for key in options:
         if key not in valid:
             raise ODEInputError(
@@ -392,7 +403,8 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
     for key in sorted(JACOBIAN_OPTIONS & set(options)):
         if not tableau.implicit:
             raise ODEInputError(
-                f"option {key!r} is for implicit methods (rosenbrock23), not {tableau.name!r}"
+                f"option {key!r} is for implicit methods (rosenbrock23, gl6, ...), not "
+                f"{tableau.name!r}"
             )
     row_options = sorted({key for key in ROW_OPTIONS if options.get(key)})
     if tableau.implicit and row_options:

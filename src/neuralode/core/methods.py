@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
+from .implicit_methods import IMPLICIT_METHODS
 from .rosenbrock_method import ROSENBROCK23
 from .tableau import Tableau
 
@@ -377,6 +378,7 @@ METHODS: dict[str, Tableau] = {
         TSIT5,
         DOPRI8,
         ROSENBROCK23,
+        *IMPLICIT_METHODS,
     )
 }
 DEFAULT_METHOD = "dopri5"
