@@ -54,7 +54,11 @@ def odeint(
             tensor), ``compile`` (True: the whole adaptive solve as one ``torch.compile``'d
             call; see :mod:`neuralode.core.compiled`). ``rosenbrock23`` instead of the last two:
             ``jacobian`` (``"full"`` or ``"per_sample"``: B independent systems) and
-            ``jacobian_every`` (1).
+            ``jacobian_every`` (1). The fixed-grid implicit methods (``implicit_euler``,
+            ``implicit_midpoint``, ``trapezoid``, ``radauIIA3``, ``gl4``, ``radauIIA5``,
+            ``gl6``, ``sdirk2``, ``trbdf2``): ``step_size`` or ``grid``, ``max_iters`` (100,
+            Newton iterations per step; :class:`~neuralode.errors.ConvergenceError` when they
+            do not converge), ``jacobian`` and ``jacobian_every``.
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.
