@@ -52,6 +52,15 @@ STEP_SIZES = {
     "explicit_adams": [0.001, 0.0005, 0.00025],
     "implicit_adams": [0.04, 0.02, 0.01],
     "fixed_adams": [0.04, 0.02, 0.01],
+    "implicit_euler": [0.01, 0.005, 0.0025],
+    "implicit_midpoint": [0.02, 0.01, 0.005],
+    "trapezoid": [0.02, 0.01, 0.005],
+    "sdirk2": [0.02, 0.01, 0.005],
+    "trbdf2": [0.02, 0.01, 0.005],
+    "radauIIA3": [0.04, 0.02, 0.01],
+    "gl4": [0.1, 0.05, 0.025],
+    "radauIIA5": [0.1, 0.05, 0.025],
+    "gl6": [0.2, 0.1, 0.05],
 }
 PROBLEMS = {"dopri8": (riccati, riccati_exact, 1.0)}
 

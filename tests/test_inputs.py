@@ -107,8 +107,9 @@ def test_func_returns_tensor_for_tuple_state() -> None:
 def test_unknown_method_lists_valid_ones() -> None:
     message = (
         "unknown method 'rk45'; valid methods are: adaptive_heun, bosh3, dopri5, dopri8, euler, "
-        "explicit_adams, fehlberg2, fixed_adams, heun2, heun3, implicit_adams, midpoint, rk4, "
-        "rosenbrock23, tsit5 (or a neuralode.Tableau)"
+        "explicit_adams, fehlberg2, fixed_adams, gl4, gl6, heun2, heun3, implicit_adams, "
+        "implicit_euler, implicit_midpoint, midpoint, radauIIA3, radauIIA5, rk4, rosenbrock23, "
+        "sdirk2, trapezoid, trbdf2, tsit5 (or a neuralode.Tableau)"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk45")

@@ -8,6 +8,7 @@ from .core.methods import METHODS
 from .core.stats import PerSampleStats, SolverStats
 from .core.tableau import Tableau
 from .errors import (
+    ConvergenceError,
     MaxStepsExceededError,
     NonFiniteStateError,
     ODEInputError,
@@ -26,6 +27,7 @@ __all__ = [
     "Adjoint",
     "Backprop",
     "Checkpointed",
+    "ConvergenceError",
     "EventNotFoundError",
     "MaxStepsExceededError",
     "NonFiniteStateError",

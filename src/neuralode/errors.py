@@ -25,3 +25,8 @@ class MaxStepsExceededError(SolverError):
 
 class NonFiniteStateError(SolverError):
     """The state (or dy/dt) became NaN or Inf during the solve."""
+
+
+class ConvergenceError(SolverError):
+    """An implicit method's stage equations did not converge within ``max_iters`` Newton
+    iterations (or gave NaN/Inf iterates) in a step."""

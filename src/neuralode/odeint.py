@@ -59,7 +59,11 @@ def odeint(
             torchdiffeq's Adams methods on the grid, besides it: ``max_order`` (12: the
             history holds at most max_order − 1 past derivatives; below 4 every step is rk4)
             and ``max_iters`` (4: the corrector's functional iterations, tested against rtol
-            and atol).
+            and atol). The fixed-grid implicit methods (``implicit_euler``,
+            ``implicit_midpoint``, ``trapezoid``, ``radauIIA3``, ``gl4``, ``radauIIA5``,
+            ``gl6``, ``sdirk2``, ``trbdf2``): ``step_size`` or ``grid``, ``max_iters`` (100,
+            Newton iterations per step; :class:`~neuralode.errors.ConvergenceError` when they
+            do not converge), ``jacobian`` and ``jacobian_every``.
         gradient: how to differentiate the solve: ``"backprop"`` (default), ``"adjoint"``,
             ``"checkpoint"``, or a configured :class:`~neuralode.gradients.Backprop`,
             :class:`~neuralode.gradients.Adjoint` or :class:`~neuralode.gradients.Checkpointed`.

@@ -20,7 +20,8 @@ from .gradients.times import with_time_gradients
 
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9  # torchdiffeq's
 
-STATUS_NAMES = {0: "success", 1: "step size underflow", 2: "NaN or Inf", 3: "max_num_steps"}
+STATUS_NAMES = {0: "success", 1: "step size underflow", 2: "NaN or Inf", 3: "max_num_steps",
+                5: "stage equations not converged"}  # fmt: skip
 """What a :attr:`Solution.status` code means."""
 
 

@@ -50,6 +50,8 @@ class Adams:
         bootstrap: the rk4 stepper of the first steps.
     """
 
+    failure = None  # (a corrector that does not converge warns, as torchdiffeq's)
+
     def __init__(self, method: AdamsMethod, tolerance: Tolerance, bootstrap: ExplicitRK) -> None:
         self.tableau = method
         self.rtol, self.atol = tolerance.rtol, tolerance.atol

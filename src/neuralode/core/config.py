@@ -30,6 +30,8 @@ from .controllers import (
     Tolerance,
     make_grid,
 )
+from .implicit import DEFAULT_MAX_ITERS, ImplicitRK
+from .implicit_methods import ImplicitMethod
 from .loop import Watch
 from .methods import DEFAULT_METHOD, METHODS, RK4
 from .rosenbrock_method import RosenbrockMethod
@@ -46,6 +48,7 @@ LANDING_OPTIONS = {"step_t", "jump_t"}
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
 ADAMS_OPTIONS = {"max_order", "max_iters"}
+IMPLICIT_OPTIONS = {"max_iters"}  # fixed-grid implicit Runge–Kutta methods (with the above)
 DEFAULT_MAX_NUM_STEPS = 100_000
 
 
@@ -83,7 +86,8 @@ class Problem:
         execution: shared or per-sample steps, eager or compiled.
         max_num_steps: bound on attempted steps.
         first_step: magnitude of the first step, or None for the starting-step heuristic.
-        jacobian_blocks, jacobian_every: a Rosenbrock method's Jacobian structure and reuse.
+        jacobian_blocks, jacobian_every: an implicit method's Jacobian structure and reuse.
+        max_iters: an implicit Runge–Kutta method's Newton iterations per step at most.
         raise_on_failure: raise the first failed row's error (else report it in ``outcome``
             and leave NaN at the times that row did not reach).
         watch: shown each accepted step of a shared-step eager solve (dense output).
@@ -104,17 +108,21 @@ class Problem:
     first_step: float | None = None
     jacobian_blocks: int = 1
     jacobian_every: int = 1
+    max_iters: int = DEFAULT_MAX_ITERS
     raise_on_failure: bool = True
     watch: Watch | None = None
     callbacks: Callbacks | None = None
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
 
-    def stepper(self) -> ExplicitRK | Rosenbrock | Adams:
-        """A fresh stepper for one solve (a Rosenbrock stepper keeps its Jacobian, an Adams
-        stepper its history, both starting empty)."""
+    def stepper(self) -> ExplicitRK | Rosenbrock | ImplicitRK | Adams:
+        """A fresh stepper for one solve (an implicit or Rosenbrock stepper keeps its Jacobian,
+        an Adams stepper its history, each starting empty)."""
         if isinstance(self.method, AdamsMethod):
             return Adams(self.method, self.tolerance, ExplicitRK(RK4))
+        if isinstance(self.method, ImplicitMethod):
+            return ImplicitRK(self.method, self.field, self.jacobian_blocks, self.jacobian_every,
+                              self.max_iters)  # fmt: skip
         if isinstance(self.method, RosenbrockMethod):
             return Rosenbrock(self.method, self.field, self.jacobian_blocks, self.jacobian_every)
         return ExplicitRK(self.method)
@@ -178,6 +186,7 @@ def make_problem(
         _first_step(options),
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
+        _positive_int(options, "max_iters", DEFAULT_MAX_ITERS),
         callbacks=_callbacks(func, layout, execution),
         stats=stats,
     )
@@ -418,6 +427,8 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
                 "of the whole state, eagerly; drop the option(s), or use an adaptive "
                 "Runge–Kutta method (e.g. 'dopri5')"
             )
+    if isinstance(tableau, ImplicitMethod):
+        valid |= JACOBIAN_OPTIONS | IMPLICIT_OPTIONS | ROW_OPTIONS
     for key in options:
         if key not in valid and not (multistep and key in ROW_OPTIONS):  # (False: the default)
             raise ODEInputError(
@@ -427,7 +438,8 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
     for key in sorted(JACOBIAN_OPTIONS & set(options)):
         if not tableau.implicit:
             raise ODEInputError(
-                f"option {key!r} is for implicit methods (rosenbrock23), not {tableau.name!r}"
+                f"option {key!r} is for implicit methods (rosenbrock23, gl6, ...), not "
+                f"{tableau.name!r}"
             )
     if tableau.implicit and row_options:
         raise ODEInputError(

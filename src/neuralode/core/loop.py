@@ -28,16 +28,23 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from ..errors import (
+    ConvergenceError,
+    MaxStepsExceededError,
+    NonFiniteStateError,
+    SolverError,
+    StepSizeUnderflowError,
+)
 from .arith import Arith
 from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
 from .steppers import Field, Stepper, combine, dense_weights, hermite, interpolate
 from .tableau import Tableau
 
-RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED = 0, 1, 2, 3, 4
+RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED, NOT_CONVERGED = 0, 1, 2, 3, 4, 5
 """Row statuses: 0 while running or done, else why the row stopped short of the end (STOPPED:
-a watcher of the accepted steps ended the solve)."""
+a watcher of the accepted steps ended the solve; NOT_CONVERGED: an implicit stepper's stage
+equations were not solved, one row only)."""
 
 
 class Carry(NamedTuple):
@@ -262,6 +269,8 @@ class Loop:
                 )
                 failed = arith.and_not(active, accept) & (dt < self._resolution(c.t))
                 why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
+            if not arith.rows and self.stepper.failure is not None and active:
+                accept, failed, why = False, True, NOT_CONVERGED
         status = arith.where(failed, why, c.status)
         rejected = arith.and_not(active, accept)
         if self.callbacks is not None and self.controller.needs_error:
@@ -476,6 +485,13 @@ def failure_error(
         return NonFiniteStateError(
             f"the state became NaN or Inf at t={at:.6g}{where}: every step from there produced "
             f"non-finite values, down to dt={dt:.3g}",
+            at,
+        )
+    if kind == NOT_CONVERGED:
+        end = at + loop.direction * dt
+        return ConvergenceError(
+            f"{loop.stepper.failure} in the step from t={at:.6g} to t={end:.6g}{where}: use "
+            "smaller steps (options 'step_size' or 'grid'), or raise options={'max_iters': ...}",
             at,
         )
     if kind == UNDERFLOW:

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.polynomial import polynomial as npoly
 
 from .adams_method import EXPLICIT_ADAMS, FIXED_ADAMS, IMPLICIT_ADAMS
+from .implicit_methods import IMPLICIT_METHODS
 from .rosenbrock_method import ROSENBROCK23
 from .tableau import Tableau
 
@@ -381,6 +382,7 @@ METHODS: dict[str, Tableau] = {
         EXPLICIT_ADAMS,
         IMPLICIT_ADAMS,
         FIXED_ADAMS,
+        *IMPLICIT_METHODS,
     )
 }
 DEFAULT_METHOD = "dopri5"

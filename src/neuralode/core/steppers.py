@@ -37,6 +37,7 @@ class Stepper(Protocol):
     """
 
     tableau: Tableau
+    failure: str | None  # why the last step could not be taken (one row), else None
 
     def step(
         self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
@@ -74,6 +75,8 @@ def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
 
 class ExplicitRK:
     """An explicit Runge–Kutta method given by its tableau (on one row or on rows)."""
+
+    failure = None
 
     def __init__(self, tableau: Tableau) -> None:
         self.tableau = tableau
@@ -128,6 +131,8 @@ class Rosenbrock:
         blocks: independent diagonal blocks of J (1: the full Jacobian).
         jacobian_every: accepted steps a Jacobian serves at most.
     """
+
+    failure = None
 
     def __init__(
         self, method: RosenbrockMethod, field: FlatField, blocks: int, jacobian_every: int
@@ -187,37 +192,45 @@ class Rosenbrock:
     def _evaluate_jacobian(
         self, t: float, y: torch.Tensor, f: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """J as (blocks, n, n) diagonal blocks and T = ∂f/∂t as (1, N).
-
-        The i-th cotangent is 1 at feature i of every block, which gives row i of every block
-        when the blocks are independent (under autograd the products are differentiable, so
-        gradients see J's dependence on the parameters). T by a forward difference (one more
-        evaluation; 0 for autonomous fields)."""
+        """J as (blocks, n, n) diagonal blocks (:func:`jacobian_blocks`, differentiable when f
+        depends on parameters, so gradients see J's dependence on them) and T = ∂f/∂t as
+        (1, N), by a forward difference (one more evaluation; 0 for autonomous fields)."""
         field = self.flat_field
-        state = y.reshape(-1)
-        blocks = self.blocks
-        n = state.numel() // blocks
-
-        def flat(at: float, x: torch.Tensor) -> torch.Tensor:
-            return field.evaluate(torch.tensor(at, dtype=y.dtype, device=y.device), x)
-
         differentiable = torch.is_grad_enabled() and f.requires_grad  # f depends on parameters
-        with torch.enable_grad():
-            x = state if state.requires_grad else state.detach().requires_grad_(True)
-            out = flat(t, x)
-            cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
-            rows = []
-            for cotangent in cotangents.expand(n, blocks, n).reshape(n, -1):
-                (row,) = torch.autograd.grad(
-                    out, x, cotangent, retain_graph=True, create_graph=differentiable,
-                    allow_unused=True,
-                ) if out.requires_grad else (None,)  # fmt: skip
-                rows.append(torch.zeros_like(state) if row is None else row)
-        jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
+        jacobian = jacobian_blocks(field, t, y, self.blocks, differentiable)
         delta = (1e-7 if y.dtype == torch.float64 else 1e-3) * max(abs(t), 1.0)
-        time_derivative = (flat(t + delta, state) - f.view(-1)) / delta
-        field.stats.n_jacobians += 1
+        at = torch.tensor(t + delta, dtype=y.dtype, device=y.device)
+        time_derivative = (field.evaluate(at, y.reshape(-1)) - f.view(-1)) / delta
         return jacobian, time_derivative.view(1, -1)
+
+
+def jacobian_blocks(
+    field: FlatField, t: float, y: torch.Tensor, blocks: int, differentiable: bool = False
+) -> torch.Tensor:
+    """J = ∂f/∂y at (t, y) as (blocks, n, n) diagonal blocks, by n reverse-mode products
+    (counted in ``field.stats.n_jacobians``).
+
+    The i-th cotangent is 1 at feature i of every block, which gives row i of every block when
+    the blocks are independent. ``differentiable``: the products keep their graph (J depends
+    on the parameters for autograd); otherwise J is detached. A field whose output does not
+    depend on y has J = 0."""
+    state = y.reshape(-1)
+    n = state.numel() // blocks
+    time = torch.tensor(t, dtype=y.dtype, device=y.device)
+    with torch.enable_grad():
+        x = state if state.requires_grad and differentiable else state.detach().requires_grad_()
+        out = field.evaluate(time, x)
+        cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
+        rows = []
+        for cotangent in cotangents.expand(n, blocks, n).reshape(n, -1):
+            (row,) = torch.autograd.grad(
+                out, x, cotangent, retain_graph=True, create_graph=differentiable,
+                allow_unused=True,
+            ) if out.requires_grad else (None,)  # fmt: skip
+            rows.append(torch.zeros_like(state) if row is None else row)
+    field.stats.n_jacobians += 1
+    jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
+    return jacobian if differentiable else jacobian.detach()
 
 
 @functools.cache

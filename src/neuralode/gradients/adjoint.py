@@ -21,6 +21,7 @@ from ..core.callbacks import Callbacks
 from ..core.config import Execution, Problem, make_controller, make_problem, resolve_method
 from ..core.controllers import AdaptiveController, FixedGrid, Tolerance
 from ..core.execution import integrate
+from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
 from ..errors import ODEInputError
@@ -47,7 +48,7 @@ class Adjoint:
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
         method = problem.method if self.method is None else resolve_method(self.method)
-        if method.implicit:
+        if method.implicit and not isinstance(method, ImplicitMethod):
             raise ODEInputError(
                 f"the adjoint's backward solve cannot use the implicit method {method.name!r} "
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
@@ -88,9 +89,13 @@ class Adjoint:
         n_params = sum(p.numel() for p in params)
         compiled = problem.execution.compiled and self.options is None
         vector_jacobian = _functional_vjp(problem, params) if compiled else None
+        backward_method = self.method or problem.method
         if vector_jacobian is None:
             compiled = False  # autograd.grad cannot be traced into the loop
-            vector_jacobian = _autograd_vjp(problem, params)
+            # An implicit Runge-Kutta method's Newton iterations take the augmented field's
+            # Jacobian by autograd: the products are then differentiable in y and a.
+            implicit = isinstance(resolve_method(backward_method), ImplicitMethod)
+            vector_jacobian = _autograd_vjp(problem, params, differentiable=implicit)
 
         def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
             f, vjps = vector_jacobian(t, s[:size], -s[size : 2 * size])
@@ -113,7 +118,7 @@ class Adjoint:
                 torch.tensor(times, dtype=torch.float64, device=state.device),
                 float(rtol) if self.rtol is None else self.rtol,
                 float(atol) if self.atol is None else self.atol,
-                self.method or problem.method,
+                backward_method,
                 options,
             )
             callbacks = Callbacks.find(problem.field.func, built.layout, adjoint=True)
@@ -182,19 +187,26 @@ VectorJacobian = Callable[
 """(t, y, v) → (f(t, y), (vᵀ ∂f/∂y, vᵀ ∂f/∂θ for each parameter)) on flat y."""
 
 
-def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian:
+def _autograd_vjp(
+    problem: Problem, params: Sequence[torch.Tensor], differentiable: bool = False
+) -> VectorJacobian:
     """Vector-Jacobian products by torch.autograd.grad (any func, eager). A field whose output
-    depends on neither y nor the parameters has zero products."""
+    depends on neither y nor the parameters has zero products. ``differentiable``: when y or v
+    require grad (an implicit method taking the augmented field's Jacobian), f and the products
+    keep their graph in them (double backward)."""
     flat_field = problem.field
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
+        tracked = differentiable and (y.requires_grad or v.requires_grad)
         with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
+            if not (tracked and y.requires_grad):
+                y = y.detach().requires_grad_(True)
             f = flat_field.evaluate(t, y)
             if not f.requires_grad:
                 return f, (None,) * (1 + len(params))
-            vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True)
-        return f.detach(), vjps
+            vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True,
+                                       create_graph=tracked)  # fmt: skip
+        return (f if tracked else f.detach()), vjps
 
     return vector_jacobian
 
