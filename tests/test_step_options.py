@@ -122,10 +122,6 @@ def test_dense_output_follows_interp() -> None:
         ("rk4", {"interp": "quadratic"}, "option 'interp' must be 'linear' or 'cubic', got "
          "'quadratic'"),
         ("rk4", {"perturb": 1}, "option 'perturb' must be True or False, got 1"),
-        ("dopri5", {"perturb": True}, "option 'perturb' is for fixed-step solves (a fixed-step "
-         "method such as 'rk4', or options 'step_size' / 'grid' / 'grid_constructor')"),
-        ("dopri5", {"step_t": [0.5], "step_size": 0.1}, "option 'step_t' is for adaptive steps; "
-         "a fixed-step solve steps on its grid: put the times in options 'grid'"),
         ("dopri5", {"jump_t": [0.5], "per_sample": True}, "option 'jump_t' works with "
          "shared-step eager solves: it cannot be combined with options 'per_sample' or "
          "'compile'"),
@@ -144,3 +140,34 @@ def test_bad_step_options_are_named(method: str, options: dict, message: str) ->
     with pytest.raises(ODEInputError) as error:
         odeint(smooth, y0, T, method=method, options=options)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "method, options, ignored, kind",
+    [
+        ("dopri5", {"perturb": True}, ["perturb"], "adaptive steps"),
+        ("dopri5", {"max_order": 4, "interp": "cubic"}, ["interp", "max_order"], "adaptive steps"),
+        ("dopri5", {"step_t": [0.5], "step_size": 0.1}, ["step_t"], "a fixed grid"),
+        ("rk4", {"first_step": 0.1, "max_num_steps": 10}, ["first_step", "max_num_steps"],
+         "a fixed grid"),
+    ],
+)  # fmt: skip
+def test_torchdiffeq_options_that_do_not_apply_are_ignored_with_a_warning(
+    method: str, options: dict, ignored: list[str], kind: str
+) -> None:
+    """torchdiffeq warns about an option its solver does not take and solves without it."""
+    kept = {key: value for key, value in options.items() if key not in ignored}
+    message = (
+        f"neuralode: option(s) {ignored} do not apply to method {method!r} on {kind}; ignored, "
+        "as torchdiffeq ignores them"
+    )
+    with pytest.warns(UserWarning) as caught:
+        got = odeint(smooth, Y0, T, method=method, options=options)
+    assert [str(w.message) for w in caught] == [message]
+    torch.testing.assert_close(got, odeint(smooth, Y0, T, method=method, options=kept),
+                               rtol=0, atol=0)  # fmt: skip
+
+
+def test_a_name_no_method_knows_is_still_refused() -> None:
+    with pytest.raises(ODEInputError, match="unknown option 'max_ordre' for method 'dopri5'"):
+        odeint(smooth, Y0, T, options={"max_ordre": 4})

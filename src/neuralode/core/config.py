@@ -45,6 +45,12 @@ FIXED_ONLY_OPTIONS = {"interp", "perturb"}
 CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
                    "max_num_steps", "norm", "controller", "step_t", "jump_t"}  # fmt: skip
 LANDING_OPTIONS = {"step_t", "jump_t"}
+TORCHDIFFEQ_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t",
+                       "jump_t", "min_step", "max_step", "dtype", "norm", "step_size",
+                       "grid_constructor", "interp", "perturb", "max_order", "max_iters",
+                       "solver"}  # fmt: skip
+"""The option names of torchdiffeq's solvers: where one does not apply to the method, it is
+ignored with a warning (torchdiffeq warns too), not refused."""
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
 ADAMS_OPTIONS = {"max_order", "max_iters"}
@@ -157,7 +163,7 @@ def make_problem(
     times = _validate_t(t, parts[0])
     tableau = resolve_method(method)
     options = dict(options or {})
-    _check_option_names(options, tableau)
+    options = _applicable_options(options, tableau)
     tableau = _adams_options(tableau, options)
     layout = StateLayout(y0)
     stats = SolverStats()
@@ -165,7 +171,7 @@ def make_problem(
     execution = _execution(options, tableau, layout)
     grid = _grid_option(options, times, func, y0, t)
     fixed = grid is not None or "step_size" in options or not tableau.adaptive
-    _check_step_kind(options, fixed, execution)
+    _check_landings(options, execution)
     tolerance = make_tolerance(layout, rtol, atol, options.get("norm"), adaptive=not fixed)
     controller: AdaptiveController | FixedGrid
     if fixed:
@@ -412,7 +418,29 @@ def _check_derivative(f0: State, layout: StateLayout) -> None:
             )
 
 
-def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
+def _applicable_options(options: Mapping[str, Any], tableau: Tableau) -> dict[str, Any]:
+    """The options that apply to the method. A torchdiffeq option name that does not apply
+    (``max_order`` for dopri5, ``step_t`` on a fixed grid) is ignored with a warning, as
+    torchdiffeq ignores it; a name no method knows (a typo) is an error listing the valid ones,
+    and so is one of neuralode's own options that does not apply."""
+    valid = _check_option_names(options, tableau)
+    fixed = not tableau.adaptive or bool({"step_size", "grid", "grid_constructor"} & set(options))
+    valid -= LANDING_OPTIONS if fixed else FIXED_ONLY_OPTIONS
+    ignored = sorted(key for key in options if key not in valid)
+    if ignored:
+        kind = "a fixed grid" if fixed else "adaptive steps"
+        warnings.warn(
+            f"neuralode: option(s) {ignored} do not apply to method {tableau.name!r} on {kind}; "
+            "ignored, as torchdiffeq ignores them",
+            UserWarning,
+            stacklevel=5,
+        )
+    return {key: value for key, value in options.items() if key in valid}
+
+
+def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> set[str]:
+    """The option names valid for the method (raising for a name neither it nor torchdiffeq
+    knows, and for neuralode's own options that conflict with it)."""
     valid = set(GRID_OPTIONS)
     if tableau.adaptive:
         valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
@@ -430,7 +458,8 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
     if isinstance(tableau, ImplicitMethod):
         valid |= JACOBIAN_OPTIONS | IMPLICIT_OPTIONS | ROW_OPTIONS
     for key in options:
-        if key not in valid and not (multistep and key in ROW_OPTIONS):  # (False: the default)
+        known = key in valid or key in TORCHDIFFEQ_OPTIONS
+        if not known and not (multistep and key in ROW_OPTIONS):  # (False: the default)
             raise ODEInputError(
                 f"unknown option {key!r} for method {tableau.name!r}; valid options are: "
                 f"{', '.join(sorted(valid))}"
@@ -446,6 +475,7 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
             f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
             "steps the whole state with one Jacobian, eagerly"
         )
+    return valid
 
 
 def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> Tableau:
@@ -512,20 +542,8 @@ def _callbacks(func: Any, layout: StateLayout, execution: Execution) -> Callback
     return callbacks
 
 
-def _check_step_kind(options: Mapping[str, Any], fixed: bool, execution: Execution) -> None:
-    """Options of fixed steps only with fixed steps, of adaptive steps only with adaptive."""
-    for key in sorted(FIXED_ONLY_OPTIONS & set(options)):
-        if not fixed:
-            raise ODEInputError(
-                f"option {key!r} is for fixed-step solves (a fixed-step method such as 'rk4', or "
-                "options 'step_size' / 'grid' / 'grid_constructor')"
-            )
+def _check_landings(options: Mapping[str, Any], execution: Execution) -> None:
     for key in sorted(LANDING_OPTIONS & set(options)):
-        if fixed:
-            raise ODEInputError(
-                f"option {key!r} is for adaptive steps; a fixed-step solve steps on its grid: put "
-                "the times in options 'grid'"
-            )
         if execution != Execution():
             raise ODEInputError(
                 f"option {key!r} works with shared-step eager solves: it cannot be combined with "
