@@ -58,8 +58,8 @@ def test_t_repeated() -> None:
 
 def test_integer_y0() -> None:
     message = (
-        "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64), got "
-        "torch.int64"
+        "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64) or be "
+        "complex (complex64 or complex128), got torch.int64"
     )
     with raises(ODEInputError, message):
         odeint(decay, torch.tensor([1, 2]), T)

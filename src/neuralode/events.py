@@ -101,6 +101,7 @@ def _find_event(
     """The event time, by a search solve that stops at the first sign change."""
     options = {k: v for k, v in dict(kwargs.get("options") or {}).items() if k != "compile"}
     like = y0[0] if isinstance(y0, tuple) else y0
+    like = like.real if like.is_complex() else like  # (time is real)
     finite_end = horizon if math.isfinite(horizon) else start + math.copysign(1.0, horizon)
     times = torch.tensor([start, finite_end], dtype=like.dtype, device=like.device)
     problem = make_problem(
@@ -213,8 +214,15 @@ def _implicit_event(
         with torch.no_grad():
             f = func(t_star, state)
         f_parts = f if isinstance(f, tuple) else (f,)
+        # (for complex y, PyTorch's gradient is ∂g/∂Re y + i ∂g/∂Im y: the rate is Re(conj(d) f))
         slope = sum(
-            ((d * fp).sum() for d, fp in zip(dg[1:], f_parts, strict=True) if d is not None),
+            (
+                torch.view_as_real(d * fp.conj()).select(-1, 0).sum()
+                if d.is_complex()
+                else (d * fp).sum()
+                for d, fp in zip(dg[1:], f_parts, strict=True)
+                if d is not None
+            ),
             start=torch.zeros((), dtype=t_star.dtype, device=t_star.device),
         )
         if dg[0] is not None:

@@ -37,7 +37,9 @@ def odeint(
             dy/dt have y0's structure (a tensor or a tuple of tensors).
         y0: initial state, a tensor of any shape (0-d and batch dimensions included) or a tuple
             of tensors sharing dtype and device; float64, float32, or float16/bfloat16 (solved
-            in float32, tolerances raised to the dtype's resolution with a one-time warning).
+            in float32, tolerances raised to the dtype's resolution with a one-time warning), or
+            complex64/complex128 (solved in the real view; func gets and returns complex
+            tensors and a real t; scale and norm take each entry's modulus, as torchdiffeq).
         t: 1-D tensor of strictly increasing or strictly decreasing output times.
         rtol: relative tolerance, a float or a tensor broadcastable to the state.
         atol: absolute tolerance, a float or a tensor broadcastable to the state.

@@ -28,7 +28,7 @@ from .controllers import (
 from .loop import Watch
 from .methods import DEFAULT_METHOD, METHODS
 from .rosenbrock_method import RosenbrockMethod
-from .state import LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
+from .state import COMPLEX, LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
 from .stats import SolverStats
 from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
@@ -112,7 +112,7 @@ class Problem:
         """f(t[0], y0) for a flat y0, checking func's output shape, dtype and device (counted)."""
         self.field.count(1)
         layout = self.layout
-        time = torch.full((), self.times[0], dtype=layout.dtype, device=layout.device)
+        time = torch.full((), self.times[0], dtype=layout.time_dtype, device=layout.device)
         f0 = self.field.func(time, layout.unflatten(y0))
         _check_derivative(f0, layout)
         return layout.flatten(f0)
@@ -221,7 +221,7 @@ def make_tolerance(
     if norm is not None:
         structure = functools.partial(layout.unflatten, cast=False)
     parts = tuple(layout.numels) if layout.is_tuple else None
-    return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts)
+    return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts, layout.is_complex)
 
 
 def make_controller(
@@ -261,6 +261,8 @@ def _is_number(value: Any) -> bool:
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
     # One reduction in the common case; the exact count only when something is off.
+    if x.is_complex():
+        x = torch.view_as_real(x.resolve_conj())
     if math.isfinite(float(x.detach().float().sum())):
         return
     bad = int((~torch.isfinite(x)).sum())
@@ -276,10 +278,10 @@ def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
         )
     for index, part in enumerate(parts):
         name = f"y0[{index}]" if isinstance(y0, tuple) else "y0"
-        if not part.dtype.is_floating_point:
+        if not (part.dtype.is_floating_point or part.dtype in COMPLEX):
             raise ODEInputError(
                 f"{name} must have a floating-point dtype (float16, bfloat16, float32 or "
-                f"float64), got {part.dtype}"
+                f"float64) or be complex (complex64 or complex128), got {part.dtype}"
             )
         if part.dtype != parts[0].dtype or part.device != parts[0].device:
             raise ODEInputError(

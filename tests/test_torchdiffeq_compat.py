@@ -1,0 +1,155 @@
+"""torchdiffeq's API beyond the basics: complex states, the adjoint's norm, FFJORD-style
+adjoint parameters, ``scipy_solver``, ``event_fn`` / ``odeint_dense`` and the ``dtype`` option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralode import ODEInputError, odeint
+
+# -- complex states ---------------------------------------------------------------------------
+
+
+class Spin(torch.nn.Module):
+    """dy/dt = (i w − d) y: y(t) = exp((i w − d) t) y0."""
+
+    def __init__(self, w: float = 1.3, d: float = 0.1) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w, dtype=torch.float64))
+        self.d = d
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert y.is_complex() and not t.is_complex()
+        return (1j * self.w - self.d) * y
+
+
+@pytest.mark.parametrize(
+    "dtype, tol, error", [(torch.complex64, 1e-6, 1e-4), (torch.complex128, 1e-10, 1e-8)]
+)
+def test_complex_state_matches_closed_form(dtype: torch.dtype, tol: float, error: float) -> None:
+    real = dtype.to_real()
+    y0 = torch.tensor([[1 + 0.5j, -0.3 + 2j], [0.0, 1j]], dtype=dtype)
+    w = 2.0
+    t = torch.linspace(0, 3, 7, dtype=real)
+    ys = odeint(lambda t, y: 1j * w * y, y0, t, rtol=tol, atol=tol)
+    assert ys.dtype == dtype and ys.shape == (7, 2, 2)
+    exact = torch.exp(1j * w * t.to(torch.float64))[:, None, None] * y0.to(torch.complex128)
+    assert (ys.to(torch.complex128) - exact).abs().max() < error
+
+
+def test_complex_tuple_state() -> None:
+    y0 = (
+        torch.tensor([1 + 1j], dtype=torch.complex128),
+        torch.tensor([[2j, 0.5]], dtype=torch.complex128),
+    )
+    t = torch.tensor([0.0, 0.7, 1.5], dtype=torch.float64)
+    ys = odeint(lambda t, y: (1j * y[0], -2j * y[1]), y0, t, rtol=1e-10, atol=1e-10)
+    assert isinstance(ys, tuple) and ys[0].dtype == ys[1].dtype == torch.complex128
+    exact0 = torch.exp(1j * t)[:, None] * y0[0]
+    exact1 = torch.exp(-2j * t)[:, None, None] * y0[1]
+    assert (ys[0] - exact0).abs().max() < 1e-8
+    assert (ys[1] - exact1).abs().max() < 1e-8
+
+
+def test_complex_tolerances_and_norm_mean_what_torchdiffeq_means() -> None:
+    """The error norm is torchdiffeq's on the complex tensor: the RMS over entries of
+    |error / scale| (the modulus); with rtol = 0 the complex solve takes exactly the steps of
+    the real-view solve under that norm. A user's norm gets the complex scaled error."""
+    y0 = torch.tensor([1 + 0.5j, -0.3 + 2j, 0.2j], dtype=torch.complex128)
+    t = torch.linspace(0, 2, 3, dtype=torch.float64)
+    ys, stats = odeint(lambda t, y: 1j * y, y0, t, rtol=0.0, atol=1e-6, return_stats=True)
+
+    def pairs(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # the same field on (3, 2)
+        return torch.stack([-y[:, 1], y[:, 0]], dim=-1)
+
+    def entry_rms(error: torch.Tensor) -> torch.Tensor:
+        return error.square().sum(-1).mean().sqrt()
+
+    real, real_stats = odeint(pairs, torch.view_as_real(y0).clone(), t, rtol=0.0, atol=1e-6,
+                              options={"norm": entry_rms}, return_stats=True)  # fmt: skip
+    assert (stats.nfe, stats.last_dt) == (real_stats.nfe, real_stats.last_dt)
+    torch.testing.assert_close(torch.view_as_real(ys), real, rtol=0, atol=1e-15)
+    # Per-component RMS of the real view (no modulus) would take other steps:
+    _, plain = odeint(pairs, torch.view_as_real(y0).clone(), t, rtol=0.0, atol=1e-6,
+                      return_stats=True)  # fmt: skip
+    assert plain.last_dt != stats.last_dt
+
+    seen = []
+
+    def norm(error: torch.Tensor) -> torch.Tensor:
+        seen.append((error.dtype, error.shape))
+        return error.abs().max()
+
+    odeint(lambda t, y: 1j * y, y0, t, options={"norm": norm})
+    assert set(seen) == {(torch.complex128, (3,))}
+
+
+def test_complex_agrees_with_torchdiffeq() -> None:
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.randn(4, 3, dtype=torch.complex128)
+    t = torch.linspace(0, 3, 5, dtype=torch.float64)
+    ours = odeint(Spin(), y0, t, rtol=1e-9, atol=1e-9)
+    theirs = torchdiffeq.odeint(Spin(), y0, t, rtol=1e-9, atol=1e-9)
+    assert (ours - theirs).abs().max() < 1e-7
+
+
+def _complex_loss(ys: torch.Tensor) -> torch.Tensor:
+    last = ys[-1]
+    return (last.real**2 + 3 * last.imag).sum() + ys[1].abs().sum()
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+def test_complex_gradients_match_finite_differences(gradient: str) -> None:
+    func = Spin()
+    y0 = torch.tensor([1 + 0.5j, -0.2 + 0.1j], dtype=torch.complex128, requires_grad=True)
+    t = torch.tensor([0.0, 0.8, 2.0], dtype=torch.float64, requires_grad=True)
+    kwargs = {"rtol": 1e-11, "atol": 1e-12}
+    loss = _complex_loss(odeint(func, y0, t, gradient=gradient, **kwargs))
+    grad_y0, grad_w, grad_t = torch.autograd.grad(loss, (y0, func.w, t))
+
+    def value() -> float:
+        with torch.no_grad():
+            return float(_complex_loss(odeint(func, y0, t, **kwargs)))
+
+    eps = 1e-6
+
+    def difference(tensor: torch.Tensor, index: int, step: complex) -> float:
+        with torch.no_grad():
+            tensor.view(-1)[index] += step
+            up = value()
+            tensor.view(-1)[index] -= 2 * step
+            down = value()
+            tensor.view(-1)[index] += step
+        return (up - down) / (2 * eps)
+
+    # PyTorch's convention for a real loss of complex z: grad = dL/dRe z + i dL/dIm z.
+    for index in range(2):
+        expected = complex(difference(y0, index, eps), difference(y0, index, 1j * eps))
+        assert abs(complex(grad_y0[index]) - expected) < 1e-6
+    assert abs(float(grad_w) - difference(func.w, 0, eps)) < 1e-6
+    for index in range(3):
+        assert abs(float(grad_t[index]) - difference(t, index, eps)) < 1e-6
+
+
+def test_complex_input_checks() -> None:
+    with pytest.raises(ODEInputError, match="complex64 or complex128"):
+        odeint(lambda t, y: y, torch.ones(2, dtype=torch.int64), torch.tensor([0.0, 1.0]))
+    y0 = torch.ones(2, dtype=torch.complex64)
+    with pytest.raises(ODEInputError, match="dtype of y"):
+        odeint(lambda t, y: y.real, y0, torch.tensor([0.0, 1.0]))
+
+
+def test_complex_event_time_and_its_gradient() -> None:
+    """y' = i w y from 1: Re y = cos(w t) first vanishes at t* = π / (2w), dt*/dw = −π/(2w²)."""
+    from neuralode import odeint_event
+
+    func = Spin(w=1.7, d=0.0)
+    y0 = torch.tensor([1 + 0j], dtype=torch.complex128)
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    event_t, ys = odeint_event(func, y0, t0, event_fn=lambda t, y: y.real.sum(), rtol=1e-10,
+                               atol=1e-12)  # fmt: skip
+    assert abs(float(event_t.detach()) - torch.pi / (2 * 1.7)) < 1e-8
+    assert ys.dtype == torch.complex128 and abs(float(ys[-1].real)) < 1e-8
+    (grad_w,) = torch.autograd.grad(event_t, func.w)
+    assert abs(float(grad_w) + torch.pi / (2 * 1.7**2)) < 1e-6
