@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode import ODEInputError, odeint
+from neuralode import ODEInputError, odeint, odeint_adjoint
 
 # -- complex states ---------------------------------------------------------------------------
 
@@ -153,3 +153,86 @@ def test_complex_event_time_and_its_gradient() -> None:
     assert ys.dtype == torch.complex128 and abs(float(ys[-1].real)) < 1e-8
     (grad_w,) = torch.autograd.grad(event_t, func.w)
     assert abs(float(grad_w) + torch.pi / (2 * 1.7**2)) < 1e-6
+
+
+# -- the adjoint's norm -----------------------------------------------------------------------
+
+
+class Tanh(torch.nn.Module):
+    def __init__(self, dim: int = 2) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(dim, dim).double()
+        self.scale = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.tanh(self.linear(y))
+
+
+class TupleTanh(Tanh):
+    def forward(self, t: torch.Tensor, y: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return super().forward(t, y[0]), -y[1] * self.scale
+
+
+def _recording_norm(seen: list) -> object:
+    def norm(error: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        seen.append(tuple(tuple(e.shape) for e in error))
+        return torch.stack([e.abs().max() for e in error]).max()
+
+    return norm
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+def test_adjoint_norm_gets_torchdiffeqs_structure(tuple_state: bool) -> None:
+    """A callable adjoint norm gets (t, y, adj_y, *adj_params) — (t, *y, *adj_y, *adj_params)
+    for tuple states — shaped as torchdiffeq's odeint_adjoint passes them."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    func = TupleTanh() if tuple_state else Tanh()
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    state = (y0, torch.ones(4, dtype=torch.float64)) if tuple_state else y0
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    structures = []
+    for solver in (odeint_adjoint, torchdiffeq.odeint_adjoint):
+        seen: list = []
+        ys = solver(func, state, t, adjoint_options={"norm": _recording_norm(seen)})
+        loss = sum(y.sum() for y in ys) if tuple_state else ys.sum()
+        loss.backward()
+        structures.append(set(seen))
+    ours, theirs = structures
+    parts = ((3, 2), (4,)) if tuple_state else ((3, 2),)
+    expected = ((), *parts, *parts, (1,), (2, 2), (2,))  # scale, weight, bias
+    assert ours == theirs == {expected}
+
+
+def test_adjoint_default_norm_and_seminorm_are_torchdiffeqs() -> None:
+    """The default adjoint norm is torchdiffeq's default_adjoint_norm (the forward norm of y and
+    of adj_y, the RMS of each parameter's gradient, their largest) and 'seminorm' its
+    adjoint_seminorm: the same callables give the same backward steps; the seminorm takes fewer
+    and the gradients agree."""
+
+    def rms(x: torch.Tensor) -> torch.Tensor:
+        return x.square().mean().sqrt()
+
+    def default_norm(error: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        t, y, adj_y, *params = error
+        return torch.stack([t.abs(), rms(y), rms(adj_y), *(rms(p) for p in params)]).max()
+
+    def seminorm(error: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        t, y, adj_y, *_ = error
+        return torch.stack([t.abs(), rms(y), rms(adj_y)]).max()
+
+    func = Tanh()
+    y0 = torch.randn(16, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    results = {}
+    for name, options in (("default", None), ("default_callable", {"norm": default_norm}),
+                          ("seminorm", {"norm": "seminorm"}),
+                          ("seminorm_callable", {"norm": seminorm})):  # fmt: skip
+        ys, stats = odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options=options,
+                                   return_stats=True)  # fmt: skip
+        grads = torch.autograd.grad(ys[-1].square().sum(), tuple(func.parameters()))
+        results[name] = (stats.backward_nfe, grads)
+    assert results["default"][0] == results["default_callable"][0]
+    assert results["seminorm"][0] == results["seminorm_callable"][0]
+    assert results["seminorm"][0] < results["default"][0]
+    for a, b in zip(results["default"][1], results["seminorm"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -100,8 +100,12 @@ def odeint_adjoint(
 
     The adjoint_* arguments configure the backward solve and default to the forward ones;
     ``adjoint_options={"norm": "seminorm"}`` leaves the parameter-gradient channels out of its
-    error control (fewer backward steps). ``func`` must be an ``nn.Module`` unless
-    ``adjoint_params`` lists the tensors it depends on. See :func:`odeint` for the rest.
+    error control (fewer backward steps); a callable ``norm`` gets torchdiffeq's tuple
+    ``(t, y, adj_y, *adj_params)`` (``(t, *y, *adj_y, *adj_params)`` for tuple states; ``t``, a
+    channel this solve does not integrate, is a 0-d zero). The default is torchdiffeq's: the
+    largest of the forward norm of y and adj_y and the RMS of each parameter's gradient.
+    ``func`` must be an ``nn.Module`` unless ``adjoint_params`` lists the tensors it depends on.
+    See :func:`odeint` for the rest.
     """
     mode = Adjoint(adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options, adjoint_params)
     return odeint(

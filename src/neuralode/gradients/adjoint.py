@@ -117,7 +117,7 @@ class Adjoint:
                 options,
             )
             callbacks = Callbacks.find(problem.field.func, built.layout, adjoint=True)
-            return _with_augmented_norm(replace(built, callbacks=callbacks), norm, size)
+            return _with_augmented_norm(replace(built, callbacks=callbacks), norm, problem, params)
         layout = StateLayout(state)
         stats = SolverStats()
         method = problem.method if self.method is None else resolve_method(self.method)
@@ -147,7 +147,7 @@ class Adjoint:
             callbacks=callbacks,
             stats=stats,
         )
-        return _with_augmented_norm(built, None, size)
+        return _with_augmented_norm(built, None, problem, params)
 
     def _tolerance(self, forward: Tolerance, size: int, n_params: int) -> Tolerance:
         """The backward tolerances: the adjoint's own numbers, or the forward's per component
@@ -166,11 +166,14 @@ class Adjoint:
         return Tolerance(rtol, atol, exact_zero=bool((atol == 0).any()))
 
 
-def _with_augmented_norm(problem: Problem, norm: Any, size: int) -> Problem:
+def _with_augmented_norm(
+    problem: Problem, norm: Any, forward: Problem, params: Sequence[torch.Tensor]
+) -> Problem:
     """The backward problem with the augmented state's norm in its controller and tolerance."""
     if not isinstance(problem.controller, AdaptiveController):
         return problem
-    tolerance = replace(problem.controller.tolerance, norm=_augmented_norm(norm, size))
+    augmented = _augmented_norm(norm, forward, params)
+    tolerance = replace(problem.controller.tolerance, norm=augmented)
     controller = replace(problem.controller, tolerance=tolerance)
     return replace(problem, tolerance=tolerance, controller=controller)
 
@@ -222,29 +225,76 @@ def _functional_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJ
     return vector_jacobian
 
 
-def _augmented_norm(norm: Any, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Error norm of the augmented state [y (size), a (size), g]: the largest RMS of the three
-    channels, or of y and a alone for ``"seminorm"`` (Kidger et al. 2021), so that leaving the
-    parameter-gradient channel out can only lengthen the steps. A callable is used as given."""
+def _augmented_norm(
+    norm: Any, forward: Problem, params: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Error norm of the augmented state [y, a, g] (the flat scaled error), with torchdiffeq's
+    meaning.
+
+    - A callable gets the tuple torchdiffeq's ``odeint_adjoint`` gives it: ``(t, y, adj_y,
+      *adj_params)`` for a tensor state, ``(t, *y, *adj_y, *adj_params)`` for a tuple state,
+      each shaped like y0's part or the parameter (complex for a complex state). ``t`` is the
+      scaled error of the time-gradient channel, which this solve does not integrate (the
+      times' gradients are taken apart, :mod:`neuralode.gradients.times`): a 0-d zero.
+    - By default, the largest of the forward solve's norm of y and of a (the user's forward
+      ``norm`` if one was given, else RMS, the largest RMS of the parts for tuple states) and
+      the RMS of each parameter's gradient; ``"seminorm"`` (Kidger et al. 2021) leaves the
+      parameter gradients out, so that it can only lengthen the steps.
+    """
+    layout = forward.layout
+    size = layout.size
+    param_sizes = [p.numel() for p in params]
+    param_shapes = [p.shape for p in params]
+
+    def split(error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        error = error.reshape(-1)
+        return error[:size], error[size : 2 * size], list(error[2 * size :].split(param_sizes))
+
     if callable(norm):
-        return norm
+        user = norm
+
+        def structured(error: torch.Tensor) -> torch.Tensor:
+            y, a, grads = split(error)
+            y_parts, a_parts = layout.unflatten(y, cast=False), layout.unflatten(a, cast=False)
+            if not layout.is_tuple:
+                y_parts, a_parts = (y_parts,), (a_parts,)
+            t = error.new_zeros(())
+            shaped = [g.view(shape) for g, shape in zip(grads, param_shapes, strict=True)]
+            return torch.as_tensor(user((t, *y_parts, *a_parts, *shaped)), dtype=error.dtype,
+                                   device=error.device)  # fmt: skip
+
+        return structured
     if norm not in (None, "seminorm"):
         raise ODEInputError(
             f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
         )
-    channels = (slice(0, size), slice(size, 2 * size))
-    if norm != "seminorm":
-        channels += (slice(2 * size, None),)
+    forward_norm = forward.tolerance.norm
+    forward_structure = forward.tolerance.structure
+    state_parts = layout.numels if layout.is_tuple else [size]
+    per_entry = 2 if layout.is_complex else 1  # a complex entry's halves count as one entry
 
-    def mixed_rms(error: torch.Tensor) -> torch.Tensor:
-        error = error.reshape(-1)
-        return torch.stack([_rms(error[c]) for c in channels if error[c].numel()]).max()
+    def state_norm(x: torch.Tensor) -> torch.Tensor:
+        if forward_norm is not None:
+            given = forward_norm(forward_structure(x) if forward_structure else x)
+            return torch.as_tensor(given, dtype=x.dtype, device=x.device).reshape(())
+        return torch.stack(
+            [_rms(part, per_entry) for part in x.split(state_parts) if part.numel()]
+        ).max()
 
-    return mixed_rms
+    with_params = norm != "seminorm"
+
+    def mixed(error: torch.Tensor) -> torch.Tensor:
+        y, a, grads = split(error)
+        channels = [state_norm(y), state_norm(a)]
+        if with_params:
+            channels += [_rms(g) for g in grads if g.numel()]
+        return torch.stack(channels).max()
+
+    return mixed
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+def _rms(x: torch.Tensor, per_entry: int = 1) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) * math.sqrt(per_entry / max(x.numel(), 1))
 
 
 def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
