@@ -10,6 +10,7 @@ where they are given; forward options are never copied.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,10 +54,10 @@ class Adjoint:
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
-        params = self._params(problem, y0)
+        params = self._params(problem)
         return _AdjointSolve.apply(problem, self, y0, *params)
 
-    def _params(self, problem: Problem, y0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _params(self, problem: Problem) -> tuple[torch.Tensor, ...]:
         func = problem.field.func
         if self.params is not None:
             params = tuple(self.params)
@@ -67,30 +68,25 @@ class Adjoint:
                 "the adjoint method needs the parameters of func: pass func as an nn.Module or "
                 "give adjoint_params=(tensors func depends on)"
             )
-        params = tuple(p for p in params if p.requires_grad)
-        if torch.is_grad_enabled():
-            missing = _unlisted_leaves(problem, y0, params)
-            if missing:
-                shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
-                raise ODEInputError(
-                    f"func depends on {len(missing)} tensor(s) that require grad but are not in "
-                    f"adjoint_params (shapes {shapes}); their gradients would be lost: add them to "
-                    "adjoint_params or register them as parameters of func"
-                )
-        return params
+        return tuple(p for p in params if p.requires_grad)
 
     def backward_problem(
-        self, problem: Problem, params: Sequence[torch.Tensor], times: list[float]
+        self,
+        problem: Problem,
+        params: Sequence[torch.Tensor],
+        times: list[float],
+        check_leaves: bool = False,
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times, from the
-        last time to the first."""
+        last time to the first. With ``check_leaves``, its first vector-Jacobian product warns
+        of tensors func depends on that require grad and are not in ``params``."""
         size = problem.y0.numel()
         n_params = sum(p.numel() for p in params)
         compiled = problem.execution.compiled and self.options is None
         vector_jacobian = _functional_vjp(problem, params) if compiled else None
         if vector_jacobian is None:
             compiled = False  # autograd.grad cannot be traced into the loop
-            vector_jacobian = _autograd_vjp(problem, params)
+            vector_jacobian = _autograd_vjp(problem, params, check_leaves)
 
         def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
             f, vjps = vector_jacobian(t, s[:size], -s[size : 2 * size])
@@ -185,10 +181,15 @@ VectorJacobian = Callable[
 """(t, y, v) → (f(t, y), (vᵀ ∂f/∂y, vᵀ ∂f/∂θ for each parameter)) on flat y."""
 
 
-def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian:
+def _autograd_vjp(
+    problem: Problem, params: Sequence[torch.Tensor], check_leaves: bool = False
+) -> VectorJacobian:
     """Vector-Jacobian products by torch.autograd.grad (any func, eager). A field whose output
-    depends on neither y nor the parameters has zero products."""
+    depends on neither y nor the parameters has zero products. With ``check_leaves``, the
+    first product also looks, on the graph it differentiates anyway, for tensors that require
+    grad and that f depends on other than y, t and ``params`` (see :func:`_warn_unlisted`)."""
     flat_field = problem.field
+    pending = [check_leaves]
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
         with torch.enable_grad():
@@ -196,8 +197,15 @@ def _autograd_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJac
             f = flat_field.evaluate(t, y)
             if not f.requires_grad:
                 return f, (None,) * (1 + len(params))
+            candidates = None
+            if pending[0]:
+                pending[0] = False
+                candidates = _unlisted_leaves(f, params, (y, t))
             vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True)
-        return f.detach(), vjps
+        f = f.detach()
+        if candidates:
+            _warn_unlisted(candidates)
+        return f, vjps
 
     return vector_jacobian
 
@@ -314,21 +322,30 @@ def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[
 
 
 def _unlisted_leaves(
-    problem: Problem, y0: torch.Tensor, params: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``
-    (a non-leaf tensor in ``params``, such as a computed condition, covers its own history).
+    f: torch.Tensor, params: Sequence[torch.Tensor], ours: Sequence[torch.Tensor]
+) -> list[weakref.ref]:
+    """Weak references to the tensors that require grad, that ``f``'s graph reaches, and that
+    are neither in ``params`` (a non-leaf tensor in ``params``, such as a computed condition,
+    covers its own history) nor one of ``ours`` (the y and t of this evaluation)."""
+    known = {id(p) for p in params} | {id(x) for x in ours}
+    return [weakref.ref(leaf) for leaf in _leaves(f, params) if id(leaf) not in known]
 
-    Leaves that func creates during the call (such as a detached copy of y that requires grad,
-    to take a trace) die with the call's graph and are not reported; only tensors that outlive
-    the call, the ones whose gradients the adjoint would lose, are.
-    """
-    with torch.enable_grad():
-        f0 = problem.first_derivative(y0.detach())
-    known = {id(p) for p in params}
-    candidates = [weakref.ref(leaf) for leaf in _leaves(f0, params) if id(leaf) not in known]
-    del f0
-    return [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+
+def _warn_unlisted(candidates: list[weakref.ref]) -> None:
+    """Warn of the candidates that outlive the evaluation's graph: the tensors whose gradients
+    the adjoint does not compute. Leaves that func creates during the call (such as a detached
+    copy of y that requires grad, to take a trace) die with the graph and are not reported."""
+    missing = [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+    if not missing:
+        return
+    shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
+    warnings.warn(
+        f"neuralode: func depends on {len(missing)} tensor(s) that require grad but are not in "
+        f"adjoint_params (shapes {shapes}); the adjoint computes no gradient for them: pass "
+        "them in adjoint_params=(...) or register them as parameters of func",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 class _AdjointSolve(torch.autograd.Function):
@@ -352,7 +369,10 @@ class _AdjointSolve(torch.autograd.Function):
         grad_params = ys.new_zeros(sum(p.numel() for p in params))
         for i in range(len(problem.times) - 1, 0, -1):
             backward = mode.backward_problem(
-                problem, params, [problem.times[i], problem.times[i - 1]]
+                problem,
+                params,
+                [problem.times[i], problem.times[i - 1]],
+                check_leaves=i == len(problem.times) - 1,
             )
             state = torch.cat([ys[i], adjoint, grad_params])
             end = integrate(backward, state)[-1]
