@@ -107,7 +107,8 @@ def test_func_returns_tensor_for_tuple_state() -> None:
 def test_unknown_method_lists_valid_ones() -> None:
     message = (
         "unknown method 'rk45'; valid methods are: adaptive_heun, bosh3, dopri5, dopri8, euler, "
-        "fehlberg2, heun2, heun3, midpoint, rk4, rosenbrock23, tsit5 (or a neuralode.Tableau)"
+        "fehlberg2, heun2, heun3, midpoint, rk4, rosenbrock23, scipy_solver, tsit5 (or a "
+        "neuralode.Tableau)"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk45")

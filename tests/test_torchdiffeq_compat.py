@@ -317,3 +317,103 @@ def test_adjoint_warns_once_of_a_captured_tensor_that_requires_grad() -> None:
         ys.sum().backward()
     assert len(record) == 1 and "shapes (2,)" in str(record[0].message)
     assert weight.grad is not None and shift.grad is None
+
+
+# -- scipy_solver -----------------------------------------------------------------------------
+
+SCIPY_SOLVERS = ["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"]
+DAMPED = torch.tensor([[-0.1, -1.0], [1.0, -0.1]], dtype=torch.float64)
+
+
+class Damped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(DAMPED.clone())
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.a.T
+
+
+@pytest.mark.parametrize("solver", SCIPY_SOLVERS)
+def test_scipy_solver_is_solve_ivp(solver: str) -> None:
+    integrate = pytest.importorskip("scipy.integrate")
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t = torch.linspace(0, 5, 6, dtype=torch.float64)
+    ys, stats = odeint(lambda t, y: DAMPED @ y, y0, t, rtol=1e-6, atol=1e-8, method="scipy_solver",
+                       options={"solver": solver}, return_stats=True)  # fmt: skip
+    reference = integrate.solve_ivp(
+        lambda t, y: DAMPED.numpy() @ y, (0.0, 5.0), y0.numpy(), method=solver,
+        t_eval=t.numpy(), rtol=1e-6, atol=1e-8,
+    )  # fmt: skip
+    assert ys.dtype == torch.float64 and ys.shape == (6, 2)
+    torch.testing.assert_close(ys, torch.from_numpy(reference.y.T), rtol=0, atol=1e-12)
+    # Every call of func counts, the finite-difference Jacobians' too (which Radau and BDF leave
+    # out of nfev).
+    if solver in ("Radau", "BDF"):
+        assert stats.nfe >= reference.nfev + 2 * reference.njev
+    else:
+        assert stats.nfe == reference.nfev
+
+
+@pytest.mark.filterwarnings("ignore:The following arguments have no effect")  # (torchdiffeq's)
+def test_scipy_solver_options_and_defaults_are_torchdiffeqs() -> None:
+    """Default solver LSODA; max_step and min_step reach solve_ivp; backwards time, tuple
+    states and float32 as torchdiffeq gives them."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    integrate = pytest.importorskip("scipy.integrate")
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t = torch.linspace(0, 5, 6, dtype=torch.float64)
+    field = Damped().requires_grad_(False)  # (no warning that no gradient flows)
+    for options in ({}, {"solver": "RK45", "max_step": 0.05}, {"solver": "LSODA", "min_step": 1e-3},
+                    {"solver": "RK23"}):  # fmt: skip
+        for times in (t, t.flip(0)):
+            ours = odeint(field, y0, times, method="scipy_solver", options=options)
+            theirs = torchdiffeq.odeint(field, y0, times, method="scipy_solver", options=options)
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-13)
+    _, fine = odeint(field, y0, t, method="scipy_solver", options={"solver": "RK45",
+                     "max_step": 0.05}, return_stats=True)  # fmt: skip
+    _, coarse = odeint(field, y0, t, method="scipy_solver", options={"solver": "RK45"},
+                       return_stats=True)  # fmt: skip
+    assert fine.nfe > 6 * 100 > coarse.nfe  # at least 100 steps of 6 evaluations
+    default = integrate.solve_ivp(
+        lambda t, y: DAMPED.numpy() @ y, (0.0, 5.0), y0.numpy(), method="LSODA",
+        t_eval=t.numpy(), rtol=1e-7, atol=1e-9,
+    )  # fmt: skip
+    ys = odeint(field, y0, t, method="scipy_solver")
+    torch.testing.assert_close(ys, torch.from_numpy(default.y.T), rtol=0, atol=1e-13)
+    pair = odeint(lambda t, y: (-y[0], 2 * y[1]), (y0[:1].float(), y0.float()), t,
+                  method="scipy_solver", options={"solver": "DOP853"})  # fmt: skip
+    assert pair[0].dtype == torch.float32 and pair[1].shape == (6, 2)
+    torch.testing.assert_close(pair[0][:, 0], torch.exp(-t).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_scipy_solver_gradients() -> None:
+    """As in torchdiffeq: odeint's solution carries no gradient (here with a warning saying
+    so); odeint_adjoint's does, its backward solve by scipy too."""
+    pytest.importorskip("scipy")
+    field = Damped()
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 2, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="carries no gradient"):
+        ys = odeint(field, y0, t, method="scipy_solver")
+    assert not ys.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ys = odeint_adjoint(field, y0, t, rtol=1e-10, atol=1e-10, method="scipy_solver",
+                            options={"solver": "DOP853"})  # fmt: skip
+        grads = torch.autograd.grad(ys[-1].sum(), (y0, field.a))
+    exact = odeint(field, y0, t, rtol=1e-11, atol=1e-11)
+    for a, b in zip(grads, torch.autograd.grad(exact[-1].sum(), (y0, field.a)), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_scipy_solver_option_checks() -> None:
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(
+        ODEInputError, match=r"must be one of RK45, RK23, DOP853, Radau, BDF, LSODA"
+    ):
+        odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"solver": "rk4"})
+    with pytest.raises(ODEInputError, match=r"unknown option\(s\) \['step_size'\]"):
+        odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"step_size": 0.1})
+    with pytest.raises(ODEInputError, match="option 'max_step' must be positive"):
+        odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"max_step": 0})

@@ -113,6 +113,11 @@ def _find_event(
         kwargs.get("method"),
         options,
     )
+    if problem.execution.scipy is not None:
+        raise ODEInputError(
+            "event handling steps with neuralode's own methods: method='scipy_solver' cannot "
+            "look for events (torchdiffeq's cannot either); pass a method such as 'dopri5'"
+        )
     if not problem.method.adaptive and not math.isfinite(horizon):
         raise ODEInputError("a fixed-step method needs t_max to find an event")
     # Checked with a finite end; the search itself runs to the horizon, which may be ±inf.

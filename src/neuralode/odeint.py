@@ -43,8 +43,11 @@ def odeint(
         t: 1-D tensor of strictly increasing or strictly decreasing output times.
         rtol: relative tolerance, a float or a tensor broadcastable to the state.
         atol: absolute tolerance, a float or a tensor broadcastable to the state.
-        method: one of ``neuralode.METHODS`` (default ``"dopri5"``), or a
-            :class:`~neuralode.Tableau` (an explicit Runge–Kutta method of your own).
+        method: one of ``neuralode.METHODS`` (default ``"dopri5"``), a
+            :class:`~neuralode.Tableau` (an explicit Runge–Kutta method of your own), or
+            ``"scipy_solver"`` (``scipy.integrate.solve_ivp``, with options ``solver``,
+            ``min_step``, ``max_step``; needs scipy; no gradient through it, as torchdiffeq,
+            but ``odeint_adjoint`` differentiates it).
         options: solver options. Any method: ``step_size`` (fixed steps of this size) or ``grid``
             (fixed steps on these times). Adaptive methods also: ``first_step``, ``safety``
             (0.9, in (0, 1]), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest

@@ -39,15 +39,36 @@ CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "ma
 ROW_OPTIONS = {"per_sample", "compile"}
 JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
 DEFAULT_MAX_NUM_STEPS = 100_000
+SCIPY_METHOD = "scipy_solver"
+SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+SCIPY_OPTIONS = {"solver", "min_step", "max_step"}
+
+
+@dataclass(frozen=True)
+class ScipySolver:
+    """``method="scipy_solver"``: the solve is handed to ``scipy.integrate.solve_ivp``
+    (:mod:`neuralode.core.scipy_execution`), as torchdiffeq's ``scipy_solver`` does.
+
+    Attributes:
+        solver: solve_ivp's method (torchdiffeq's default, ``"LSODA"``).
+        min_step: LSODA's smallest step (None: scipy's default, 0).
+        max_step: the largest step (inf).
+    """
+
+    solver: str = "LSODA"
+    min_step: float | None = None
+    max_step: float = math.inf
 
 
 @dataclass(frozen=True)
 class Execution:
     """How the loop runs: shared steps (one row, the whole state) or per-sample steps (one row
-    per sample of a (B, ...) state), eagerly or compiled as one call."""
+    per sample of a (B, ...) state), eagerly or compiled as one call; or, with ``scipy``, not
+    our loop at all but scipy's ``solve_ivp``."""
 
     per_sample: bool = False
     compiled: bool = False
+    scipy: ScipySolver | None = None
 
 
 @dataclass
@@ -132,21 +153,28 @@ def make_problem(
         raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
     parts = _validate_y0(y0)
     times = _validate_t(t, parts[0])
-    tableau = resolve_method(method)
+    scipy = isinstance(method, str) and method == SCIPY_METHOD
+    # (a scipy solve has no tableau of ours: the default one stands in, unused by solve_ivp)
+    tableau = resolve_method(None if scipy else method)
     options = dict(options or {})
-    _check_option_names(options, tableau)
     layout = StateLayout(y0)
     stats = SolverStats()
     flat_field = FlatField(func, layout, stats)
-    execution = _execution(options, tableau, layout)
-    grid = _grid_option(options, times)
+    if scipy:
+        execution = Execution(scipy=_scipy_solver(options))
+        grid = None
+    else:
+        _check_option_names(options, tableau)
+        execution = _execution(options, tableau, layout)
+        grid = _grid_option(options, times)
     fixed = grid is not None or "step_size" in options or not tableau.adaptive
-    tolerance = make_tolerance(layout, rtol, atol, options.get("norm"), adaptive=not fixed)
+    norm = None if scipy else options.get("norm")
+    tolerance = make_tolerance(layout, rtol, atol, norm, adaptive=not fixed)
     controller: AdaptiveController | FixedGrid
     if fixed:
         controller = make_grid(options.get("step_size"), grid, times)
     else:
-        controller = make_controller(tableau, tolerance, options)
+        controller = make_controller(tableau, tolerance, {} if scipy else options)
     return Problem(
         layout,
         layout.flatten(y0),
@@ -160,7 +188,7 @@ def make_problem(
         _first_step(options),
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
-        callbacks=_callbacks(func, layout, execution),
+        callbacks=None if scipy else _callbacks(func, layout, execution),
         stats=stats,
     )
 
@@ -171,9 +199,9 @@ def resolve_method(method: str | Tableau | None) -> Tableau:
         return method
     name = DEFAULT_METHOD if method is None else method
     if not isinstance(name, str) or name not in METHODS:
+        valid = ", ".join(sorted([*METHODS, SCIPY_METHOD]))
         raise ODEInputError(
-            f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))} (or a "
-            "neuralode.Tableau)"
+            f"unknown method {name!r}; valid methods are: {valid} (or a neuralode.Tableau)"
         )
     return METHODS[name]
 
@@ -428,6 +456,33 @@ def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout
             f"option 'jacobian' must be 'full' or 'per_sample', got {options['jacobian']!r}"
         )
     return execution
+
+
+def _scipy_solver(options: Mapping[str, Any]) -> ScipySolver:
+    """The options of ``method="scipy_solver"``, validated (torchdiffeq's: solver, min_step,
+    max_step)."""
+    unknown = sorted(set(options) - SCIPY_OPTIONS)
+    if unknown:
+        raise ODEInputError(
+            f"unknown option(s) {unknown} for method {SCIPY_METHOD!r}; valid options are: "
+            f"{', '.join(sorted(SCIPY_OPTIONS))}"
+        )
+    solver = options.get("solver", "LSODA")
+    if solver not in SCIPY_SOLVERS:
+        raise ODEInputError(
+            f"option 'solver' of method {SCIPY_METHOD!r} must be one of "
+            f"{', '.join(SCIPY_SOLVERS)}, got {solver!r}"
+        )
+    bounds = {}
+    for key in ("min_step", "max_step"):
+        if key in options:
+            value = options[key]
+            if not (_is_number(value) and value >= 0):
+                raise ODEInputError(f"option {key!r} must be a non-negative number, got {value!r}")
+            bounds[key] = float(value)
+    if bounds.get("max_step", math.inf) <= 0:
+        raise ODEInputError("option 'max_step' must be positive")
+    return ScipySolver(solver, **bounds)
 
 
 def _callbacks(func: Any, layout: StateLayout, execution: Execution) -> Callbacks | None:

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from ..core.callbacks import Callbacks
-from ..core.config import Execution, Problem, make_controller, make_problem, resolve_method
+from ..core.config import (
+    SCIPY_METHOD,
+    Execution,
+    Problem,
+    make_controller,
+    make_problem,
+    resolve_method,
+)
 from ..core.controllers import AdaptiveController, FixedGrid, Tolerance
 from ..core.execution import integrate
 from ..core.state import FlatField, StateLayout
@@ -47,7 +54,9 @@ class Adjoint:
     params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
-        method = problem.method if self.method is None else resolve_method(self.method)
+        method = problem.method
+        if self.method is not None and not self._scipy(problem):
+            method = resolve_method(self.method)
         if method.implicit:
             raise ODEInputError(
                 f"the adjoint's backward solve cannot use the implicit method {method.name!r} "
@@ -56,6 +65,13 @@ class Adjoint:
             )
         params = self._params(problem)
         return _AdjointSolve.apply(problem, self, y0, *params)
+
+    def _scipy(self, problem: Problem) -> bool:
+        """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
+        solve's method, with no ``adjoint_method`` (torchdiffeq's default)."""
+        if self.method is None:
+            return problem.execution.scipy is not None
+        return self.method == SCIPY_METHOD
 
     def _params(self, problem: Problem) -> tuple[torch.Tensor, ...]:
         func = problem.field.func
@@ -99,8 +115,10 @@ class Adjoint:
             )
 
         state = problem.y0.new_zeros(2 * size + n_params)
-        if self.options is not None:  # the backward solve configured as a solve of its own
-            options = dict(self.options)
+        scipy = self._scipy(problem)
+        if self.options is not None or self.method == SCIPY_METHOD:
+            # the backward solve configured as a solve of its own
+            options = dict(self.options or {})
             norm = options.pop("norm", None)
             rtol, atol = problem.tolerance.rtol.min(), problem.tolerance.atol.min()
             built = make_problem(
@@ -109,7 +127,7 @@ class Adjoint:
                 torch.tensor(times, dtype=torch.float64, device=state.device),
                 float(rtol) if self.rtol is None else self.rtol,
                 float(atol) if self.atol is None else self.atol,
-                self.method or problem.method,
+                SCIPY_METHOD if scipy else self.method or problem.method,
                 options,
             )
             callbacks = Callbacks.find(problem.field.func, built.layout, adjoint=True)
@@ -128,7 +146,7 @@ class Adjoint:
                                  tolerance=tolerance)  # fmt: skip
         else:
             controller = make_controller(method, tolerance, {})
-        execution = Execution(compiled=compiled)
+        execution = Execution(compiled=compiled, scipy=problem.execution.scipy if scipy else None)
         callbacks = Callbacks.find(problem.field.func, layout, adjoint=True)
         built = Problem(
             layout,
