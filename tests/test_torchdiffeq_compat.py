@@ -3,12 +3,13 @@ adjoint parameters, ``scipy_solver``, ``event_fn`` / ``odeint_dense`` and the ``
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
 import torch
 
-from neuralode import ODEInputError, odeint, odeint_adjoint
+from neuralode import ODEInputError, odeint, odeint_adjoint, odeint_dense
 
 # -- complex states ---------------------------------------------------------------------------
 
@@ -417,3 +418,75 @@ def test_scipy_solver_option_checks() -> None:
         odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"step_size": 0.1})
     with pytest.raises(ODEInputError, match="option 'max_step' must be positive"):
         odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"max_step": 0})
+
+
+# -- odeint(event_fn=...), odeint_dense -------------------------------------------------------
+
+
+def _rotation(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([-y[1], y[0]])
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_odeint_event_fn_is_torchdiffeqs(backwards: bool) -> None:
+    """(event_t, solution at [t0, event_t]) as torchdiffeq returns them; t[1] only gives the
+    direction; a multi-entry event_fn stops at its first entry's crossing."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.tensor([0.0, -0.1 if backwards else 0.1], dtype=torch.float64)
+    sign = -1.0 if backwards else 1.0
+    for event_fn, expected in (
+        (lambda t, y: y[0], sign * torch.pi / 2),
+        (lambda t, y: torch.stack([y[0] - 0.5, sign * y[1] - 0.3]), sign * math.asin(0.3)),
+    ):
+        event_t, ys = odeint(_rotation, y0, t, rtol=1e-10, atol=1e-10, event_fn=event_fn)
+        their_t, theirs = torchdiffeq.odeint(_rotation, y0, t, rtol=1e-10, atol=1e-10,
+                                             event_fn=event_fn)  # fmt: skip
+        assert event_t.shape == () and event_t.dtype == torch.float64
+        assert abs(float(event_t) - expected) < 1e-9
+        assert abs(float(event_t) - float(their_t)) < 1e-8
+        assert ys.shape == (2, 2)
+        torch.testing.assert_close(ys, theirs, rtol=0, atol=1e-8)
+        exact = torch.tensor([math.cos(expected), math.sin(expected)], dtype=torch.float64)
+        torch.testing.assert_close(ys[1], exact, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_odeint_event_fn_gradients_are_those_of_a_solve_to_event_t(adjoint: bool) -> None:
+    """As in torchdiffeq, event_t has no gradient here and the solution is differentiated as a
+    solve to the fixed time event_t: d y(t*)/d y0 = R(t*) for the rotation (t* = π/2)."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    if adjoint:
+        event_t, ys = odeint_adjoint(_rotation, y0, t, rtol=1e-10, atol=1e-10,
+                                     event_fn=lambda t, y: y[0], adjoint_params=())  # fmt: skip
+    else:
+        event_t, ys = odeint(_rotation, y0, t, rtol=1e-10, atol=1e-10, event_fn=lambda t, y: y[0])
+    assert not event_t.requires_grad
+    (grad,) = torch.autograd.grad(ys[-1] @ torch.tensor([1.0, 2.0], dtype=torch.float64), y0)
+    # y(t*) = R y0 with R = [[0, -1], [1, 0]] at t* = π/2: grad = Rᵀ [1, 2] = [2, -1]
+    torch.testing.assert_close(grad, torch.tensor([2.0, -1.0], dtype=torch.float64), rtol=0,
+                               atol=1e-7)  # fmt: skip
+
+
+def test_odeint_dense_is_torchdiffeqs() -> None:
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t0, t1 = torch.tensor(0.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    ours = odeint_dense(_rotation, y0, t0, t1, rtol=1e-9, atol=1e-9)
+    theirs = torchdiffeq.odeint_dense(_rotation, y0, t0, t1, rtol=1e-9, atol=1e-9)
+    for time in (0.3, 1.0, 2.5, 2.99):
+        at = torch.tensor(time, dtype=torch.float64)
+        assert ours(at).shape == (2,)
+        exact = torch.tensor([math.cos(time), math.sin(time)], dtype=torch.float64)
+        torch.testing.assert_close(ours(at), exact, rtol=0, atol=1e-8)
+        torch.testing.assert_close(ours(at), theirs(at), rtol=0, atol=1e-8)
+    times = torch.linspace(0, 3, 7, dtype=torch.float64)
+    torch.testing.assert_close(ours(times), torch.stack([times.cos(), times.sin()], -1),
+                               rtol=0, atol=1e-8)  # fmt: skip
+    # any method, tuple states and t1 < t0 too
+    pair = odeint_dense(lambda t, y: (-y[0], y[1]), (y0, y0[:1]), 0.0, -1.0, method="tsit5",
+                        rtol=1e-9, atol=1e-9)  # fmt: skip
+    first, second = pair(torch.tensor(-0.5, dtype=torch.float64))
+    torch.testing.assert_close(first, y0 * math.exp(0.5), rtol=1e-7, atol=0)
+    torch.testing.assert_close(second, y0[:1] * math.exp(-0.5), rtol=1e-7, atol=0)
