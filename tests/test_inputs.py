@@ -115,7 +115,9 @@ def test_unknown_method_lists_valid_ones() -> None:
 
 
 def test_unknown_option() -> None:
-    message = "unknown option 'stepsize' for method 'rk4'; valid options are: grid, step_size"
+    message = (
+        "unknown option 'stepsize' for method 'rk4'; valid options are: dtype, grid, step_size"
+    )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk4", options={"stepsize": 0.1})
 
@@ -123,8 +125,8 @@ def test_unknown_option() -> None:
 def test_unknown_adaptive_option() -> None:
     message = (
         "unknown option 'atol' for method 'dopri5'; valid options are: compile, controller, "
-        "dfactor, first_step, grid, ifactor, jacobian, jacobian_every, max_num_steps, max_step, "
-        "min_step, norm, per_sample, safety, step_size"
+        "dfactor, dtype, first_step, grid, ifactor, jacobian, jacobian_every, max_num_steps, "
+        "max_step, min_step, norm, per_sample, safety, step_size"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, options={"atol": 1e-3})

@@ -4,6 +4,7 @@ adjoint parameters, ``scipy_solver``, ``event_fn`` / ``odeint_dense`` and the ``
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -490,3 +491,26 @@ def test_odeint_dense_is_torchdiffeqs() -> None:
     first, second = pair(torch.tensor(-0.5, dtype=torch.float64))
     torch.testing.assert_close(first, y0 * math.exp(0.5), rtol=1e-7, atol=0)
     torch.testing.assert_close(second, y0[:1] * math.exp(-0.5), rtol=1e-7, atol=0)
+
+
+# -- option dtype -----------------------------------------------------------------------------
+
+
+def test_dtype_option_is_accepted_and_checked() -> None:
+    """torchdiffeq's options={'dtype': ...} (its time dtype) is accepted for any method and
+    changes nothing (time is float64 here); anything but a floating dtype is refused."""
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float32)
+    t = torch.linspace(0, 1, 3)
+    plain, plain_stats = odeint(lambda t, y: -y, y0, t, return_stats=True)
+    for dtype in (torch.float32, torch.float64):
+        ys, stats = odeint(lambda t, y: -y, y0, t, options={"dtype": dtype}, return_stats=True)
+        assert torch.equal(ys, plain) and stats.nfe == plain_stats.nfe
+        fixed = odeint(lambda t, y: -y, y0, t, method="rk4", options={"dtype": dtype})
+        assert fixed.dtype == torch.float32
+    message = (
+        "option 'dtype' must be a floating-point torch.dtype such as torch.float64 (the dtype of "
+        "time and step sizes, which neuralode keeps in float64), got "
+    )
+    for bad in (torch.int64, "float64", torch.complex64):
+        with pytest.raises(ODEInputError, match=f"^{re.escape(message + repr(bad))}$"):
+            odeint(lambda t, y: -y, y0, t, options={"dtype": bad})

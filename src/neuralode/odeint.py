@@ -49,9 +49,11 @@ def odeint(
             ``min_step``, ``max_step``; needs scipy; no gradient through it, as torchdiffeq,
             but ``odeint_adjoint`` differentiates it).
         options: solver options. Any method: ``step_size`` (fixed steps of this size) or ``grid``
-            (fixed steps on these times). Adaptive methods also: ``first_step``, ``safety``
-            (0.9, in (0, 1]), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest
-            shrink), ``min_step`` / ``max_step`` (bounds on the step's magnitude),
+            (fixed steps on these times), and torchdiffeq's ``dtype`` (a floating torch.dtype
+            for time and step sizes; accepted, but time is always float64 here). Adaptive
+            methods also: ``first_step``, ``safety`` (0.9, in (0, 1]), ``ifactor`` (10,
+            largest growth), ``dfactor`` (0.2, largest shrink), ``min_step`` / ``max_step``
+            (bounds on the step's magnitude),
             ``max_num_steps`` (100000), ``norm`` (callable on the scaled error shaped like y0, a
             tuple for tuple states; default RMS, the largest RMS of the parts for tuples),
             ``controller`` (``"I"``, ``"PI"`` or ``"PID"``), ``per_sample`` (True: every sample

@@ -34,6 +34,9 @@ from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
 
 GRID_OPTIONS = {"step_size", "grid"}
+ANY_OPTIONS = {
+    "dtype"
+}  # torchdiffeq's time dtype: validated, time is float64 here whatever it says
 CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
                    "max_num_steps", "norm", "controller"}  # fmt: skip
 ROW_OPTIONS = {"per_sample", "compile"}
@@ -165,6 +168,7 @@ def make_problem(
         grid = None
     else:
         _check_option_names(options, tableau)
+        _check_time_dtype(options)
         execution = _execution(options, tableau, layout)
         grid = _grid_option(options, times)
     fixed = grid is not None or "step_size" in options or not tableau.adaptive
@@ -410,7 +414,7 @@ def _check_derivative(f0: State, layout: StateLayout) -> None:
 
 
 def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
-    valid = set(GRID_OPTIONS)
+    valid = GRID_OPTIONS | ANY_OPTIONS
     if tableau.adaptive:
         valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
     for key in options:
@@ -429,6 +433,22 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> None:
         raise ODEInputError(
             f"method {tableau.name!r} (implicit) does not take option(s) {row_options}: it "
             "steps the whole state with one Jacobian, eagerly"
+        )
+
+
+def _check_time_dtype(options: Mapping[str, Any]) -> None:
+    """torchdiffeq's option ``dtype`` (the dtype of its adaptive solvers' time and step-size
+    arithmetic, promoted with the state's): accepted for drop-in use when it is a floating
+    dtype. It changes nothing: the clock here is always float64 (Python floats, or float64
+    tensors on rows), at least as precise as any dtype it could name."""
+    if "dtype" not in options:
+        return
+    value = options["dtype"]
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise ODEInputError(
+            "option 'dtype' must be a floating-point torch.dtype such as torch.float64 (the "
+            "dtype of time and step sizes, which neuralode keeps in float64), got "
+            f"{value!r}"
         )
 
 
