@@ -68,9 +68,9 @@ class Tolerance:
         per_entry = 2 if self.pairs else 1  # a complex entry's two halves count as one entry
         if self.parts is None:
             norm = torch.linalg.vector_norm(scaled, dim=-1 if arith.rows else None)
-            return arith.clock(norm) * math.sqrt(per_entry / scaled.shape[-1])
+            return arith.clock(norm) * (1.0 / math.sqrt(scaled.shape[-1] / per_entry))
         rms = [
-            torch.linalg.vector_norm(part, dim=-1) * math.sqrt(per_entry / part.shape[-1])
+            torch.linalg.vector_norm(part, dim=-1) / math.sqrt(part.shape[-1] / per_entry)
             for part in scaled.split(self.parts, dim=-1)
         ]
         largest = torch.stack(rms).amax(dim=0)

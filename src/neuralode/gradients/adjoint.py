@@ -320,7 +320,7 @@ def _augmented_norm(
 
 
 def _rms(x: torch.Tensor, per_entry: int = 1) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) * math.sqrt(per_entry / max(x.numel(), 1))
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1) / per_entry)
 
 
 def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
