@@ -190,10 +190,11 @@ def test_checkpointed_reruns_start_from_the_segment_history() -> None:
         ({"max_iters": 0}, "option 'max_iters' must be a positive integer, got 0"),
         ({"max_iters": True}, "option 'max_iters' must be a positive integer, got True"),
         ({"stepsize": 0.1}, "unknown option 'stepsize' for method 'implicit_adams'; valid "
-         "options are: grid, grid_constructor, interp, max_iters, max_order, perturb, "
+         "options are: dtype, grid, grid_constructor, interp, max_iters, max_order, perturb, "
          "step_size"),
         ({"rtol": 0.1}, "unknown option 'rtol' for method 'implicit_adams'; valid options "
-         "are: grid, grid_constructor, interp, max_iters, max_order, perturb, step_size"),
+         "are: dtype, grid, grid_constructor, interp, max_iters, max_order, perturb, "
+         "step_size"),
         ({"per_sample": True}, "method 'implicit_adams' (a multistep method) does not take "
          "option(s) ['per_sample']: its history of past derivatives moves on with the shared "
          "steps of the whole state, eagerly; drop the option(s), or use an adaptive "

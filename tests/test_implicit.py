@@ -232,9 +232,9 @@ def test_unknown_and_row_options_refused() -> None:
     y0, t = torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     with raises(
         ODEInputError,
-        "unknown option 'rtol_newton' for method 'radauIIA5'; valid options are: compile, grid, "
-        "grid_constructor, interp, jacobian, jacobian_every, max_iters, per_sample, perturb, "
-        "step_size",
+        "unknown option 'rtol_newton' for method 'radauIIA5'; valid options are: compile, dtype, "
+        "grid, grid_constructor, interp, jacobian, jacobian_every, max_iters, per_sample, "
+        "perturb, step_size",
     ):
         odeint(stiff, y0, t, method="radauIIA5", options={"rtol_newton": 1e-3})
     with raises(

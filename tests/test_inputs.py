@@ -58,8 +58,8 @@ def test_t_repeated() -> None:
 
 def test_integer_y0() -> None:
     message = (
-        "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64), got "
-        "torch.int64"
+        "y0 must have a floating-point dtype (float16, bfloat16, float32 or float64) or be "
+        "complex (complex64 or complex128), got torch.int64"
     )
     with raises(ODEInputError, message):
         odeint(decay, torch.tensor([1, 2]), T)
@@ -109,7 +109,7 @@ def test_unknown_method_lists_valid_ones() -> None:
         "unknown method 'rk45'; valid methods are: adaptive_heun, bosh3, dopri5, dopri8, euler, "
         "explicit_adams, fehlberg2, fixed_adams, gl4, gl6, heun2, heun3, implicit_adams, "
         "implicit_euler, implicit_midpoint, midpoint, radauIIA3, radauIIA5, rk4, rosenbrock23, "
-        "sdirk2, trapezoid, trbdf2, tsit5 (or a neuralode.Tableau)"
+        "scipy_solver, sdirk2, trapezoid, trbdf2, tsit5 (or a neuralode.Tableau)"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk45")
@@ -117,8 +117,8 @@ def test_unknown_method_lists_valid_ones() -> None:
 
 def test_unknown_option() -> None:
     message = (
-        "unknown option 'stepsize' for method 'rk4'; valid options are: grid, grid_constructor, "
-        "interp, perturb, step_size"
+        "unknown option 'stepsize' for method 'rk4'; valid options are: dtype, grid, "
+        "grid_constructor, interp, perturb, step_size"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, method="rk4", options={"stepsize": 0.1})
@@ -127,9 +127,9 @@ def test_unknown_option() -> None:
 def test_unknown_adaptive_option() -> None:
     message = (
         "unknown option 'atol' for method 'dopri5'; valid options are: compile, controller, "
-        "dfactor, first_step, grid, grid_constructor, ifactor, interp, jacobian, jacobian_every, "
-        "jump_t, max_num_steps, max_step, min_step, norm, per_sample, perturb, safety, step_size, "
-        "step_t"
+        "dfactor, dtype, first_step, grid, grid_constructor, ifactor, interp, jacobian, "
+        "jacobian_every, jump_t, max_num_steps, max_step, min_step, norm, per_sample, perturb, "
+        "safety, step_size, step_t"
     )
     with raises(ODEInputError, message):
         odeint(decay, Y0, T, options={"atol": 1e-3})

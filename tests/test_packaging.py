@@ -67,3 +67,24 @@ def test_command_line_without_the_extra_names_what_to_install() -> None:
         'neuralode: the experiments need tqdm (not installed): pip install "neuralode[experiments]"'
     ]
     assert result.stdout == ""
+
+
+def test_scipy_is_optional_and_named_when_missing() -> None:
+    """``import neuralode`` and torch solves do not import scipy; method='scipy_solver' without
+    it raises ODEInputError naming the install."""
+    code = (
+        without("scipy")
+        + """
+import torch
+import neuralode
+t = torch.tensor([0.0, 1.0])
+neuralode.odeint(lambda t, y: -y, torch.ones(2), t)
+try:
+    neuralode.odeint(lambda t, y: -y, torch.ones(2), t, method="scipy_solver")
+except neuralode.ODEInputError as error:
+    print(error)
+"""
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pip install scipy" in result.stdout.strip().splitlines()[-1]

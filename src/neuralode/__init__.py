@@ -17,7 +17,7 @@ from .errors import (
 )
 from .events import EventNotFoundError, odeint_event
 from .gradients import Adjoint, Backprop, Checkpointed
-from .odeint import odeint, odeint_adjoint
+from .odeint import odeint, odeint_adjoint, odeint_dense
 from .solution import Solution, solve
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "Tableau",
     "odeint",
     "odeint_adjoint",
+    "odeint_dense",
     "odeint_event",
     "solve",
 ]

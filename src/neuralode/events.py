@@ -73,6 +73,7 @@ def odeint_event(
     if not (torch.is_tensor(t0) and t0.numel() == 1 and t0.dtype.is_floating_point):
         raise ODEInputError(f"t0 must be a one-element floating-point tensor, got {t0!r}")
     t0 = t0.reshape(())
+    event_fn = _combined(event_fn, t0, y0)
     start = float(t0.detach())
     direction = -1.0 if reverse_time else 1.0
     horizon = direction * math.inf if t_max is None else float(t_max)
@@ -90,6 +91,47 @@ def odeint_event(
     return event_t, at_event
 
 
+def odeint_until_event(
+    func: VectorFieldFn,
+    y0: State,
+    t: torch.Tensor,
+    event_fn: EventFn,
+    solve: Callable[[torch.Tensor], Any],
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, Any]:
+    """``odeint(..., event_fn=...)`` with torchdiffeq's meaning: solve from t[0] (towards t[1]'s
+    side; the other times are ignored) until event_fn crosses zero (any of its entries, for a
+    multi-entry event_fn), and return (event_t, ``solve(t[0], event_t)``). As in torchdiffeq,
+    event_t is a plain value (no gradient; :func:`odeint_event` gives it one) and the solution,
+    states at t[0] and event_t, is differentiated by ``solve``'s gradient mode as a solve to a
+    fixed time."""
+    if not (torch.is_tensor(t) and t.dim() == 1 and t.numel() >= 1 and t.dtype.is_floating_point):
+        raise ODEInputError(f"t must be a non-empty 1-D floating-point tensor, got {t!r}")
+    t0 = t[0]
+    start = float(t0.detach())
+    direction = -1.0 if t.numel() > 1 and float(t[1].detach()) < start else 1.0
+    event_fn = _combined(event_fn, t0, y0)
+    with torch.no_grad():
+        t_event = _find_event(func, y0, start, direction * math.inf, event_fn, kwargs)
+    event_t = torch.tensor(t_event, dtype=t.dtype, device=t.device)
+    return event_t, solve(torch.stack([t0, event_t]))
+
+
+def _combined(event_fn: EventFn, t0: torch.Tensor, y0: State) -> EventFn:
+    """A multi-entry event_fn as one (torchdiffeq's combine_event_functions): each entry signed
+    to start positive, their minimum, which first crosses zero when any entry does."""
+    with torch.no_grad():
+        first = event_fn(t0.detach(), y0)
+    if not torch.is_tensor(first) or first.numel() <= 1:
+        return event_fn
+    signs = torch.sign(first)
+
+    def combined(t: torch.Tensor, y: State) -> torch.Tensor:
+        return (event_fn(t, y) * signs).min()
+
+    return combined
+
+
 def _find_event(
     func: VectorFieldFn,
     y0: State,
@@ -101,6 +143,7 @@ def _find_event(
     """The event time, by a search solve that stops at the first sign change."""
     options = {k: v for k, v in dict(kwargs.get("options") or {}).items() if k != "compile"}
     like = y0[0] if isinstance(y0, tuple) else y0
+    like = like.real if like.is_complex() else like  # (time is real)
     finite_end = horizon if math.isfinite(horizon) else start + math.copysign(1.0, horizon)
     times = torch.tensor([start, finite_end], dtype=like.dtype, device=like.device)
     problem = make_problem(
@@ -112,6 +155,11 @@ def _find_event(
         kwargs.get("method"),
         options,
     )
+    if problem.execution.scipy is not None:
+        raise ODEInputError(
+            "event handling steps with neuralode's own methods: method='scipy_solver' cannot "
+            "look for events (torchdiffeq's cannot either); pass a method such as 'dopri5'"
+        )
     if not problem.method.adaptive and not math.isfinite(horizon):
         raise ODEInputError("a fixed-step method needs t_max to find an event")
     # Checked with a finite end; the search itself runs to the horizon, which may be ±inf.
@@ -213,8 +261,15 @@ def _implicit_event(
         with torch.no_grad():
             f = func(t_star, state)
         f_parts = f if isinstance(f, tuple) else (f,)
+        # (for complex y, PyTorch's gradient is ∂g/∂Re y + i ∂g/∂Im y: the rate is Re(conj(d) f))
         slope = sum(
-            ((d * fp).sum() for d, fp in zip(dg[1:], f_parts, strict=True) if d is not None),
+            (
+                torch.view_as_real(d * fp.conj()).select(-1, 0).sum()
+                if d.is_complex()
+                else (d * fp).sum()
+                for d, fp in zip(dg[1:], f_parts, strict=True)
+                if d is not None
+            ),
             start=torch.zeros((), dtype=t_star.dtype, device=t_star.device),
         )
         if dg[0] is not None:

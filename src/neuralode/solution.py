@@ -126,7 +126,8 @@ def solve(
         if problem.execution != Execution() or isinstance(mode, Checkpointed):
             raise ODEInputError(
                 "dense=True keeps the steps of shared-step eager solves: it cannot be combined "
-                "with options 'per_sample' or 'compile', or with gradient='checkpoint'"
+                "with options 'per_sample' or 'compile', with method='scipy_solver', or with "
+                "gradient='checkpoint'"
             )
         direction = 1.0 if problem.times[-1] >= problem.times[0] else -1.0
         dense_output = DenseOutput(direction)

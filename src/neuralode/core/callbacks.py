@@ -54,7 +54,7 @@ class Callbacks:
     def _arguments(self, t: float, y: torch.Tensor, step: float) -> tuple[Any, ...]:
         layout = self.layout
         shown = y.reshape(-1) if layout.is_tuple else layout.unflatten(y.reshape(-1))
-        dtype, device = layout.dtype, layout.device
+        dtype, device = layout.time_dtype, layout.device
         return (torch.tensor(t, dtype=dtype, device=device), shown,
                 torch.tensor(step, dtype=dtype, device=device))  # fmt: skip
 

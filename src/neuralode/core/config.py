@@ -35,13 +35,14 @@ from .implicit_methods import ImplicitMethod
 from .loop import Watch
 from .methods import DEFAULT_METHOD, METHODS, RK4
 from .rosenbrock_method import RosenbrockMethod
-from .state import LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
+from .state import COMPLEX, LOW_PRECISION, FlatField, State, StateLayout, VectorFieldFn
 from .stats import SolverStats
 from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
 
 GRID_OPTIONS = {"step_size", "grid", "grid_constructor", "interp", "perturb"}
 FIXED_ONLY_OPTIONS = {"interp", "perturb"}
+ANY_OPTIONS = {"dtype"}  # torchdiffeq's time dtype: validated; time is float64 here anyway
 CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
                    "max_num_steps", "norm", "controller", "step_t", "jump_t"}  # fmt: skip
 LANDING_OPTIONS = {"step_t", "jump_t"}
@@ -56,15 +57,36 @@ JACOBIAN_OPTIONS = {"jacobian", "jacobian_every"}
 ADAMS_OPTIONS = {"max_order", "max_iters"}
 IMPLICIT_OPTIONS = {"max_iters"}  # fixed-grid implicit Runge–Kutta methods (with the above)
 DEFAULT_MAX_NUM_STEPS = 100_000
+SCIPY_METHOD = "scipy_solver"
+SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+SCIPY_OPTIONS = {"solver", "min_step", "max_step"}
+
+
+@dataclass(frozen=True)
+class ScipySolver:
+    """``method="scipy_solver"``: the solve is handed to ``scipy.integrate.solve_ivp``
+    (:mod:`neuralode.core.scipy_execution`), as torchdiffeq's ``scipy_solver`` does.
+
+    Attributes:
+        solver: solve_ivp's method (torchdiffeq's default, ``"LSODA"``).
+        min_step: LSODA's smallest step (None: scipy's default, 0).
+        max_step: the largest step (inf).
+    """
+
+    solver: str = "LSODA"
+    min_step: float | None = None
+    max_step: float = math.inf
 
 
 @dataclass(frozen=True)
 class Execution:
     """How the loop runs: shared steps (one row, the whole state) or per-sample steps (one row
-    per sample of a (B, ...) state), eagerly or compiled as one call."""
+    per sample of a (B, ...) state), eagerly or compiled as one call; or, with ``scipy``, not
+    our loop at all but scipy's ``solve_ivp``."""
 
     per_sample: bool = False
     compiled: bool = False
+    scipy: ScipySolver | None = None
 
 
 @dataclass
@@ -141,7 +163,7 @@ class Problem:
         start = self.times[0]
         if isinstance(self.controller, FixedGrid) and self.controller.nudge is not None:
             start = self.controller.nudge.toward(start, 1.0 if self.times[-1] >= start else -1.0)
-        time = torch.full((), start, dtype=layout.dtype, device=layout.device)
+        time = torch.full((), start, dtype=layout.time_dtype, device=layout.device)
         f0 = self.field.func(time, layout.unflatten(y0))
         _check_derivative(f0, layout)
         return layout.flatten(f0)
@@ -161,24 +183,32 @@ def make_problem(
         raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
     parts = _validate_y0(y0)
     times = _validate_t(t, parts[0])
-    tableau = resolve_method(method)
+    scipy = isinstance(method, str) and method == SCIPY_METHOD
+    # (a scipy solve has no tableau of ours: the default one stands in, unused by solve_ivp)
+    tableau = resolve_method(None if scipy else method)
     options = dict(options or {})
-    options = _applicable_options(options, tableau)
-    tableau = _adams_options(tableau, options)
     layout = StateLayout(y0)
     stats = SolverStats()
     flat_field = FlatField(func, layout, stats)
-    execution = _execution(options, tableau, layout)
-    grid = _grid_option(options, times, func, y0, t)
+    if scipy:
+        execution = Execution(scipy=_scipy_solver(options))
+        grid = None
+    else:
+        options = _applicable_options(options, tableau)
+        _check_time_dtype(options)
+        tableau = _adams_options(tableau, options)
+        execution = _execution(options, tableau, layout)
+        grid = _grid_option(options, times, func, y0, t)
+        _check_landings(options, execution)
     fixed = grid is not None or "step_size" in options or not tableau.adaptive
-    _check_landings(options, execution)
-    tolerance = make_tolerance(layout, rtol, atol, options.get("norm"), adaptive=not fixed)
+    norm = None if scipy else options.get("norm")
+    tolerance = make_tolerance(layout, rtol, atol, norm, adaptive=not fixed)
     controller: AdaptiveController | FixedGrid
     if fixed:
         interp, nudge = _interp_perturb(options, layout, tableau)
         controller = make_grid(options.get("step_size"), grid, times, interp, nudge)
     else:
-        controller = make_controller(tableau, tolerance, options, layout)
+        controller = make_controller(tableau, tolerance, {} if scipy else options, layout)
     return Problem(
         layout,
         layout.flatten(y0),
@@ -193,7 +223,7 @@ def make_problem(
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
         _positive_int(options, "max_iters", DEFAULT_MAX_ITERS),
-        callbacks=_callbacks(func, layout, execution),
+        callbacks=None if scipy else _callbacks(func, layout, execution),
         stats=stats,
     )
 
@@ -204,9 +234,9 @@ def resolve_method(method: str | Tableau | None) -> Tableau:
         return method
     name = DEFAULT_METHOD if method is None else method
     if not isinstance(name, str) or name not in METHODS:
+        valid = ", ".join(sorted([*METHODS, SCIPY_METHOD]))
         raise ODEInputError(
-            f"unknown method {name!r}; valid methods are: {', '.join(sorted(METHODS))} (or a "
-            "neuralode.Tableau)"
+            f"unknown method {name!r}; valid methods are: {valid} (or a neuralode.Tableau)"
         )
     return METHODS[name]
 
@@ -254,7 +284,7 @@ def make_tolerance(
     if norm is not None:
         structure = functools.partial(layout.unflatten, cast=False)
     parts = tuple(layout.numels) if layout.is_tuple else None
-    return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts)
+    return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts, layout.is_complex)
 
 
 def make_controller(
@@ -300,6 +330,8 @@ def _is_number(value: Any) -> bool:
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
     # One reduction in the common case; the exact count only when something is off.
+    if x.is_complex():
+        x = torch.view_as_real(x.resolve_conj())
     if math.isfinite(float(x.detach().float().sum())):
         return
     bad = int((~torch.isfinite(x)).sum())
@@ -315,10 +347,10 @@ def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
         )
     for index, part in enumerate(parts):
         name = f"y0[{index}]" if isinstance(y0, tuple) else "y0"
-        if not part.dtype.is_floating_point:
+        if not (part.dtype.is_floating_point or part.dtype in COMPLEX):
             raise ODEInputError(
                 f"{name} must have a floating-point dtype (float16, bfloat16, float32 or "
-                f"float64), got {part.dtype}"
+                f"float64) or be complex (complex64 or complex128), got {part.dtype}"
             )
         if part.dtype != parts[0].dtype or part.device != parts[0].device:
             raise ODEInputError(
@@ -441,7 +473,7 @@ def _applicable_options(options: Mapping[str, Any], tableau: Tableau) -> dict[st
 def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> set[str]:
     """The option names valid for the method (raising for a name neither it nor torchdiffeq
     knows, and for neuralode's own options that conflict with it)."""
-    valid = set(GRID_OPTIONS)
+    valid = GRID_OPTIONS | ANY_OPTIONS
     if tableau.adaptive:
         valid |= CONTROL_OPTIONS | JACOBIAN_OPTIONS | ROW_OPTIONS
     multistep = isinstance(tableau, AdamsMethod)
@@ -506,6 +538,22 @@ def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> Tableau:
     return dataclasses.replace(tableau, max_order=max_order, max_iters=max_iters)
 
 
+def _check_time_dtype(options: Mapping[str, Any]) -> None:
+    """torchdiffeq's option ``dtype`` (the dtype of its adaptive solvers' time and step-size
+    arithmetic, promoted with the state's): accepted for drop-in use when it is a floating
+    dtype. It changes nothing: the clock here is always float64 (Python floats, or float64
+    tensors on rows), at least as precise as any dtype it could name."""
+    if "dtype" not in options:
+        return
+    value = options["dtype"]
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise ODEInputError(
+            "option 'dtype' must be a floating-point torch.dtype such as torch.float64 (the "
+            "dtype of time and step sizes, which neuralode keeps in float64), got "
+            f"{value!r}"
+        )
+
+
 def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout) -> Execution:
     execution = Execution(bool(options.get("per_sample")), bool(options.get("compile")))
     fixed = sorted({"step_size", "grid", "grid_constructor"} & set(options))
@@ -530,6 +578,33 @@ def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout
             f"option 'jacobian' must be 'full' or 'per_sample', got {options['jacobian']!r}"
         )
     return execution
+
+
+def _scipy_solver(options: Mapping[str, Any]) -> ScipySolver:
+    """The options of ``method="scipy_solver"``, validated (torchdiffeq's: solver, min_step,
+    max_step)."""
+    unknown = sorted(set(options) - SCIPY_OPTIONS)
+    if unknown:
+        raise ODEInputError(
+            f"unknown option(s) {unknown} for method {SCIPY_METHOD!r}; valid options are: "
+            f"{', '.join(sorted(SCIPY_OPTIONS))}"
+        )
+    solver = options.get("solver", "LSODA")
+    if solver not in SCIPY_SOLVERS:
+        raise ODEInputError(
+            f"option 'solver' of method {SCIPY_METHOD!r} must be one of "
+            f"{', '.join(SCIPY_SOLVERS)}, got {solver!r}"
+        )
+    bounds = {}
+    for key in ("min_step", "max_step"):
+        if key in options:
+            value = options[key]
+            if not (_is_number(value) and value >= 0):
+                raise ODEInputError(f"option {key!r} must be a non-negative number, got {value!r}")
+            bounds[key] = float(value)
+    if bounds.get("max_step", math.inf) <= 0:
+        raise ODEInputError("option 'max_step' must be positive")
+    return ScipySolver(solver, **bounds)
 
 
 def _callbacks(func: Any, layout: StateLayout, execution: Execution) -> Callbacks | None:
@@ -564,7 +639,7 @@ def _interp_perturb(
     perturb = options.get("perturb", False)
     if not isinstance(perturb, bool):
         raise ODEInputError(f"option 'perturb' must be True or False, got {perturb!r}")
-    return interp, Nudge(layout.dtype) if perturb else None
+    return interp, Nudge(layout.time_dtype) if perturb else None
 
 
 def _landings(options: Mapping[str, Any], layout: StateLayout | None) -> Landings:
@@ -590,7 +665,7 @@ def _landings(options: Mapping[str, Any], layout: StateLayout | None) -> Landing
             f"options 'step_t' and 'jump_t' share the time(s) {shared}: a time is either a step "
             "time or a jump time; leave it in 'jump_t'"
         )
-    dtype = torch.float64 if layout is None else layout.dtype
+    dtype = torch.float64 if layout is None else layout.time_dtype
     jumps = frozenset(points["jump_t"])
     return Landings(tuple(sorted({*points["step_t"], *jumps})), jumps, Nudge(dtype))
 

@@ -39,6 +39,9 @@ class Tolerance:
             exactly 0 with no error divides 0 by a positive number.
         structure: flat scaled error (N,) → the state's structure (for the user's norm).
         parts: sizes of a tuple state's parts (for the default norm), or None.
+        pairs: the flat state is a complex state's real view, (real, imaginary) pairs: as
+            torchdiffeq on complex tensors, the scale takes each entry's modulus, and the RMS
+            is over entries (|error / scale|² averaged over the complex entries).
     """
 
     rtol: torch.Tensor
@@ -47,10 +50,11 @@ class Tolerance:
     exact_zero: bool = False
     structure: Callable[[torch.Tensor], Any] | None = None
     parts: tuple[int, ...] | None = None
+    pairs: bool = False
 
     def scale(self, y0: torch.Tensor, y1: torch.Tensor | None = None) -> torch.Tensor:
         """The error scale of rows y0 → y1 (of y0 alone without y1), (R, N)."""
-        size = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+        size = self._abs(y0) if y1 is None else torch.maximum(self._abs(y0), self._abs(y1))
         scale = torch.addcmul(self.atol, self.rtol, size)
         return scale.clamp_(min=torch.finfo(scale.dtype).tiny) if self.exact_zero else scale
 
@@ -62,15 +66,23 @@ class Tolerance:
             flat = scaled.reshape(-1)
             user = self.norm(self.structure(flat) if self.structure else flat)
             return arith.clock(user.reshape(1) if arith.rows else user)
+        per_entry = 2 if self.pairs else 1  # a complex entry's two halves count as one entry
         if self.parts is None:
             norm = torch.linalg.vector_norm(scaled, dim=-1 if arith.rows else None)
-            return arith.clock(norm) * (1.0 / math.sqrt(scaled.shape[-1]))
+            return arith.clock(norm) * (1.0 / math.sqrt(scaled.shape[-1] / per_entry))
         rms = [
-            torch.linalg.vector_norm(part, dim=-1) / math.sqrt(part.shape[-1])
+            torch.linalg.vector_norm(part, dim=-1) / math.sqrt(part.shape[-1] / per_entry)
             for part in scaled.split(self.parts, dim=-1)
         ]
         largest = torch.stack(rms).amax(dim=0)
         return arith.clock(largest if arith.rows else largest[0])
+
+    def _abs(self, y: torch.Tensor) -> torch.Tensor:
+        """|y| per component; for pairs, each entry's modulus, on both of its halves."""
+        if not self.pairs:
+            return y.abs()
+        modulus = torch.hypot(y[..., 0::2], y[..., 1::2])
+        return modulus.repeat_interleave(2, dim=-1)
 
     def rows(self, count: int) -> Tolerance:
         """The tolerances of a state split into ``count`` rows (per-component ones reshaped)."""

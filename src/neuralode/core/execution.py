@@ -23,6 +23,10 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     start of each segment of that many iterations and reruns the segment in the backward pass
     (gradient checkpointing; reruns are counted as backward work)."""
     execution = problem.execution
+    if execution.scipy is not None:
+        from .scipy_execution import integrate_scipy  # (imports scipy only for such solves)
+
+        return integrate_scipy(problem, y0)
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
     f0 = problem.first_derivative(y0)

@@ -3,7 +3,10 @@
 The loop sees one 2-D block of rows, (R, N): R = 1 for a shared-step solve of the whole state,
 R = B for per-sample steps. Users see their tensor of any shape (0-d included) or their tuple of
 tensors. Half-precision states (float16, bfloat16) are worked on in float32: the field sees and
-returns the user's dtype, the loop's arithmetic runs in float32.
+returns the user's dtype, the loop's arithmetic runs in float32. Complex states (complex64,
+complex128) are worked on as their real view, each entry a (real, imaginary) pair of float32 or
+float64 (torchdiffeq's meaning is kept: the error scale and the norm take each entry's modulus,
+see :class:`~neuralode.core.controllers.Tolerance`); the field sees and returns complex tensors.
 """
 
 from __future__ import annotations
@@ -18,38 +21,64 @@ State = torch.Tensor | tuple[torch.Tensor, ...]
 VectorFieldFn = Callable[[torch.Tensor, State], State]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+COMPLEX = (torch.complex64, torch.complex128)
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the loop computes in for a state of ``dtype``: float32 for half precision."""
+    """The dtype the loop computes in for a state of ``dtype``: float32 for half precision, the
+    real dtype of a complex state's entries (complex64 → float32, complex128 → float64)."""
+    if dtype.is_complex:
+        return dtype.to_real()
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 class StateLayout:
-    """Shapes and dtype of a state (one tensor or a tuple of tensors) and its flat form."""
+    """Shapes and dtype of a state (one tensor or a tuple of tensors) and its flat form.
+
+    Attributes:
+        shapes: the parts' shapes.
+        numels: the parts' sizes in the flat form (twice the entries for a complex state: its
+            real view interleaves real and imaginary parts).
+        size: the flat form's size.
+        dtype: the user's dtype; ``working_dtype`` the flat form's; ``time_dtype`` the dtype of
+            the time func gets (the real dtype of a complex state).
+        is_complex: the state is complex (the flat form is its real view).
+    """
 
     def __init__(self, y0: State) -> None:
         self.is_tuple = isinstance(y0, tuple)
         parts = y0 if isinstance(y0, tuple) else (y0,)
-        self.shapes = [p.shape for p in parts]
-        self.numels = [p.numel() for p in parts]
-        self.size = sum(self.numels)
         self.dtype = parts[0].dtype
+        self.is_complex = self.dtype.is_complex
+        self.shapes = [p.shape for p in parts]
+        self.numels = [p.numel() * (2 if self.is_complex else 1) for p in parts]
+        self.size = sum(self.numels)
         self.device = parts[0].device
         self.working_dtype = working_dtype(self.dtype)
+        self.time_dtype = self.dtype.to_real() if self.is_complex else self.dtype
 
     def flatten(self, state: State) -> torch.Tensor:
         """State → tensor of shape (size,) in the working dtype."""
+        parts = state if self.is_tuple else (state,)
+        if self.is_complex:
+            parts = tuple(torch.view_as_real(part.resolve_conj()) for part in parts)
         if self.is_tuple:
-            flat = torch.cat([part.reshape(-1) for part in state])
+            flat = torch.cat([part.reshape(-1) for part in parts])
         else:
-            flat = state.reshape(-1)
+            flat = parts[0].reshape(-1)
         return flat if flat.dtype == self.working_dtype else flat.to(self.working_dtype)
 
     def unflatten(self, flat: torch.Tensor, cast: bool = True) -> State:
         """Tensor of shape (*lead, size) → state with each part of shape (*lead, *part_shape), in
-        the user's dtype (or the working dtype, without ``cast``)."""
+        the user's dtype (or the working dtype, without ``cast``; complex for complex states)."""
         lead = tuple(flat.shape[:-1])
+        if self.is_complex:
+            pieces = flat.split(self.numels, dim=-1) if self.is_tuple else (flat,)
+            parts = tuple(
+                torch.view_as_complex(p.reshape(lead + tuple(s) + (2,)).contiguous())
+                for p, s in zip(pieces, self.shapes, strict=True)
+            )
+            return parts if self.is_tuple else parts[0]
         if cast and flat.dtype != self.dtype:
             flat = flat.to(self.dtype)
         if not self.is_tuple:
@@ -77,6 +106,8 @@ class StateLayout:
                     f"{name} of shape {tuple(piece.shape)} does not broadcast to the state's shape "
                     f"{tuple(shape)}"
                 ) from None
+            if self.is_complex:  # one tolerance for both halves of an entry
+                pieces[-1] = pieces[-1].repeat_interleave(2)
         return torch.cat(pieces)
 
 
@@ -109,7 +140,7 @@ class FlatField:
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """dy/dt at the float time t for the (1, N) row y; returns a (1, N) row (counted)."""
         self.stats.nfe += 1
-        time = torch.scalar_tensor(t, dtype=self.layout.dtype, device=self.layout.device)
+        time = torch.scalar_tensor(t, dtype=self.layout.time_dtype, device=self.layout.device)
         if self.is_row and y.dim() == 2:
             return self.func(time, y)
         if self.plain:
@@ -127,8 +158,11 @@ class FlatField:
         (B, 1, ..., 1) tensor; otherwise the one row is the whole state and t is 0-d."""
         layout = self.layout
         if not per_sample:
-            return self.evaluate(t[0].to(layout.dtype), y).view(1, -1)
+            return self.evaluate(t[0].to(layout.time_dtype), y).view(1, -1)
         rows = y.shape[0]
         t_shape = (rows,) + (1,) * (len(self.shape) - 1)
-        out = self.func(t.to(layout.dtype).reshape(t_shape), y.to(layout.dtype).view(self.shape))
+        time = t.to(layout.time_dtype).reshape(t_shape)
+        if layout.is_complex:
+            return self.evaluate(time, y).view(rows, -1)
+        out = self.func(time, y.to(layout.dtype).view(self.shape))
         return out.reshape(rows, -1).to(y.dtype)

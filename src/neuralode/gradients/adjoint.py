@@ -10,6 +10,7 @@ where they are given; forward options are never copied.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,14 @@ from typing import Any
 import torch
 
 from ..core.callbacks import Callbacks
-from ..core.config import Execution, Problem, make_controller, make_problem, resolve_method
+from ..core.config import (
+    SCIPY_METHOD,
+    Execution,
+    Problem,
+    make_controller,
+    make_problem,
+    resolve_method,
+)
 from ..core.controllers import AdaptiveController, FixedGrid, Tolerance
 from ..core.execution import integrate
 from ..core.implicit_methods import ImplicitMethod
@@ -47,17 +55,26 @@ class Adjoint:
     params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
-        method = problem.method if self.method is None else resolve_method(self.method)
+        method = problem.method
+        if self.method is not None and not self._scipy(problem):
+            method = resolve_method(self.method)
         if method.implicit and not isinstance(method, ImplicitMethod):
             raise ODEInputError(
                 f"the adjoint's backward solve cannot use the implicit method {method.name!r} "
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
-        params = self._params(problem, y0)
+        params = self._params(problem)
         return _AdjointSolve.apply(problem, self, y0, *params)
 
-    def _params(self, problem: Problem, y0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _scipy(self, problem: Problem) -> bool:
+        """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
+        solve's method, with no ``adjoint_method`` (torchdiffeq's default)."""
+        if self.method is None:
+            return problem.execution.scipy is not None
+        return self.method == SCIPY_METHOD
+
+    def _params(self, problem: Problem) -> tuple[torch.Tensor, ...]:
         func = problem.field.func
         if self.params is not None:
             params = tuple(self.params)
@@ -68,34 +85,30 @@ class Adjoint:
                 "the adjoint method needs the parameters of func: pass func as an nn.Module or "
                 "give adjoint_params=(tensors func depends on)"
             )
-        params = tuple(p for p in params if p.requires_grad)
-        if torch.is_grad_enabled():
-            missing = _unlisted_leaves(problem, y0, params)
-            if missing:
-                shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
-                raise ODEInputError(
-                    f"func depends on {len(missing)} tensor(s) that require grad but are not in "
-                    f"adjoint_params (shapes {shapes}); their gradients would be lost: add them to "
-                    "adjoint_params or register them as parameters of func"
-                )
-        return params
+        return tuple(p for p in params if p.requires_grad)
 
     def backward_problem(
-        self, problem: Problem, params: Sequence[torch.Tensor], times: list[float]
+        self,
+        problem: Problem,
+        params: Sequence[torch.Tensor],
+        times: list[float],
+        check_leaves: bool = False,
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times, from the
-        last time to the first."""
+        last time to the first. With ``check_leaves``, its first vector-Jacobian product warns
+        of tensors func depends on that require grad and are not in ``params``."""
         size = problem.y0.numel()
         n_params = sum(p.numel() for p in params)
         compiled = problem.execution.compiled and self.options is None
         vector_jacobian = _functional_vjp(problem, params) if compiled else None
         backward_method = self.method or problem.method
+        scipy = self._scipy(problem)
         if vector_jacobian is None:
             compiled = False  # autograd.grad cannot be traced into the loop
             # An implicit Runge-Kutta method's Newton iterations take the augmented field's
             # Jacobian by autograd: the products are then differentiable in y and a.
-            implicit = isinstance(resolve_method(backward_method), ImplicitMethod)
-            vector_jacobian = _autograd_vjp(problem, params, differentiable=implicit)
+            implicit = not scipy and isinstance(resolve_method(backward_method), ImplicitMethod)
+            vector_jacobian = _autograd_vjp(problem, params, check_leaves, differentiable=implicit)
 
         def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
             f, vjps = vector_jacobian(t, s[:size], -s[size : 2 * size])
@@ -108,8 +121,9 @@ class Adjoint:
             )
 
         state = problem.y0.new_zeros(2 * size + n_params)
-        if self.options is not None:  # the backward solve configured as a solve of its own
-            options = dict(self.options)
+        if self.options is not None or self.method == SCIPY_METHOD:
+            # the backward solve configured as a solve of its own
+            options = dict(self.options or {})
             norm = options.pop("norm", None)
             rtol, atol = problem.tolerance.rtol.min(), problem.tolerance.atol.min()
             built = make_problem(
@@ -118,11 +132,11 @@ class Adjoint:
                 torch.tensor(times, dtype=torch.float64, device=state.device),
                 float(rtol) if self.rtol is None else self.rtol,
                 float(atol) if self.atol is None else self.atol,
-                backward_method,
+                SCIPY_METHOD if scipy else backward_method,
                 options,
             )
             callbacks = Callbacks.find(problem.field.func, built.layout, adjoint=True)
-            return _with_augmented_norm(replace(built, callbacks=callbacks), norm, size)
+            return _with_augmented_norm(replace(built, callbacks=callbacks), norm, problem, params)
         layout = StateLayout(state)
         stats = SolverStats()
         method = problem.method if self.method is None else resolve_method(self.method)
@@ -137,7 +151,7 @@ class Adjoint:
                                  tolerance=tolerance)  # fmt: skip
         else:
             controller = make_controller(method, tolerance, {})
-        execution = Execution(compiled=compiled)
+        execution = Execution(compiled=compiled, scipy=problem.execution.scipy if scipy else None)
         callbacks = Callbacks.find(problem.field.func, layout, adjoint=True)
         built = Problem(
             layout,
@@ -152,7 +166,7 @@ class Adjoint:
             callbacks=callbacks,
             stats=stats,
         )
-        return _with_augmented_norm(built, None, size)
+        return _with_augmented_norm(built, None, problem, params)
 
     def _tolerance(self, forward: Tolerance, size: int, n_params: int) -> Tolerance:
         """The backward tolerances: the adjoint's own numbers, or the forward's per component
@@ -171,11 +185,14 @@ class Adjoint:
         return Tolerance(rtol, atol, exact_zero=bool((atol == 0).any()))
 
 
-def _with_augmented_norm(problem: Problem, norm: Any, size: int) -> Problem:
+def _with_augmented_norm(
+    problem: Problem, norm: Any, forward: Problem, params: Sequence[torch.Tensor]
+) -> Problem:
     """The backward problem with the augmented state's norm in its controller and tolerance."""
     if not isinstance(problem.controller, AdaptiveController):
         return problem
-    tolerance = replace(problem.controller.tolerance, norm=_augmented_norm(norm, size))
+    augmented = _augmented_norm(norm, forward, params)
+    tolerance = replace(problem.controller.tolerance, norm=augmented)
     controller = replace(problem.controller, tolerance=tolerance)
     return replace(problem, tolerance=tolerance, controller=controller)
 
@@ -188,13 +205,19 @@ VectorJacobian = Callable[
 
 
 def _autograd_vjp(
-    problem: Problem, params: Sequence[torch.Tensor], differentiable: bool = False
+    problem: Problem,
+    params: Sequence[torch.Tensor],
+    check_leaves: bool = False,
+    differentiable: bool = False,
 ) -> VectorJacobian:
     """Vector-Jacobian products by torch.autograd.grad (any func, eager). A field whose output
-    depends on neither y nor the parameters has zero products. ``differentiable``: when y or v
-    require grad (an implicit method taking the augmented field's Jacobian), f and the products
-    keep their graph in them (double backward)."""
+    depends on neither y nor the parameters has zero products. With ``check_leaves``, the
+    first product also looks, on the graph it differentiates anyway, for tensors that require
+    grad and that f depends on other than y, t and ``params`` (see :func:`_warn_unlisted`).
+    ``differentiable``: when y or v require grad (an implicit method taking the augmented
+    field's Jacobian), f and the products keep their graph in them (double backward)."""
     flat_field = problem.field
+    pending = [check_leaves]
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
         tracked = differentiable and (y.requires_grad or v.requires_grad)
@@ -204,8 +227,14 @@ def _autograd_vjp(
             f = flat_field.evaluate(t, y)
             if not f.requires_grad:
                 return f, (None,) * (1 + len(params))
+            candidates = None
+            if pending[0]:
+                pending[0] = False
+                candidates = _unlisted_leaves(f, params, (y, t))
             vjps = torch.autograd.grad(f, (y, *params), v, allow_unused=True,
                                        create_graph=tracked)  # fmt: skip
+        if candidates:
+            _warn_unlisted(candidates)
         return (f if tracked else f.detach()), vjps
 
     return vector_jacobian
@@ -234,29 +263,76 @@ def _functional_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJ
     return vector_jacobian
 
 
-def _augmented_norm(norm: Any, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Error norm of the augmented state [y (size), a (size), g]: the largest RMS of the three
-    channels, or of y and a alone for ``"seminorm"`` (Kidger et al. 2021), so that leaving the
-    parameter-gradient channel out can only lengthen the steps. A callable is used as given."""
+def _augmented_norm(
+    norm: Any, forward: Problem, params: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Error norm of the augmented state [y, a, g] (the flat scaled error), with torchdiffeq's
+    meaning.
+
+    - A callable gets the tuple torchdiffeq's ``odeint_adjoint`` gives it: ``(t, y, adj_y,
+      *adj_params)`` for a tensor state, ``(t, *y, *adj_y, *adj_params)`` for a tuple state,
+      each shaped like y0's part or the parameter (complex for a complex state). ``t`` is the
+      scaled error of the time-gradient channel, which this solve does not integrate (the
+      times' gradients are taken apart, :mod:`neuralode.gradients.times`): a 0-d zero.
+    - By default, the largest of the forward solve's norm of y and of a (the user's forward
+      ``norm`` if one was given, else RMS, the largest RMS of the parts for tuple states) and
+      the RMS of each parameter's gradient; ``"seminorm"`` (Kidger et al. 2021) leaves the
+      parameter gradients out, so that it can only lengthen the steps.
+    """
+    layout = forward.layout
+    size = layout.size
+    param_sizes = [p.numel() for p in params]
+    param_shapes = [p.shape for p in params]
+
+    def split(error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        error = error.reshape(-1)
+        return error[:size], error[size : 2 * size], list(error[2 * size :].split(param_sizes))
+
     if callable(norm):
-        return norm
+        user = norm
+
+        def structured(error: torch.Tensor) -> torch.Tensor:
+            y, a, grads = split(error)
+            y_parts, a_parts = layout.unflatten(y, cast=False), layout.unflatten(a, cast=False)
+            if not layout.is_tuple:
+                y_parts, a_parts = (y_parts,), (a_parts,)
+            t = error.new_zeros(())
+            shaped = [g.view(shape) for g, shape in zip(grads, param_shapes, strict=True)]
+            return torch.as_tensor(user((t, *y_parts, *a_parts, *shaped)), dtype=error.dtype,
+                                   device=error.device)  # fmt: skip
+
+        return structured
     if norm not in (None, "seminorm"):
         raise ODEInputError(
             f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
         )
-    channels = (slice(0, size), slice(size, 2 * size))
-    if norm != "seminorm":
-        channels += (slice(2 * size, None),)
+    forward_norm = forward.tolerance.norm
+    forward_structure = forward.tolerance.structure
+    state_parts = layout.numels if layout.is_tuple else [size]
+    per_entry = 2 if layout.is_complex else 1  # a complex entry's halves count as one entry
 
-    def mixed_rms(error: torch.Tensor) -> torch.Tensor:
-        error = error.reshape(-1)
-        return torch.stack([_rms(error[c]) for c in channels if error[c].numel()]).max()
+    def state_norm(x: torch.Tensor) -> torch.Tensor:
+        if forward_norm is not None:
+            given = forward_norm(forward_structure(x) if forward_structure else x)
+            return torch.as_tensor(given, dtype=x.dtype, device=x.device).reshape(())
+        return torch.stack(
+            [_rms(part, per_entry) for part in x.split(state_parts) if part.numel()]
+        ).max()
 
-    return mixed_rms
+    with_params = norm != "seminorm"
+
+    def mixed(error: torch.Tensor) -> torch.Tensor:
+        y, a, grads = split(error)
+        channels = [state_norm(y), state_norm(a)]
+        if with_params:
+            channels += [_rms(g) for g in grads if g.numel()]
+        return torch.stack(channels).max()
+
+    return mixed
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+def _rms(x: torch.Tensor, per_entry: int = 1) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1) / per_entry)
 
 
 def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
@@ -276,21 +352,30 @@ def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[
 
 
 def _unlisted_leaves(
-    problem: Problem, y0: torch.Tensor, params: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Tensors that require grad, that f(t0, y0) depends on, and that are not in ``params``
-    (a non-leaf tensor in ``params``, such as a computed condition, covers its own history).
+    f: torch.Tensor, params: Sequence[torch.Tensor], ours: Sequence[torch.Tensor]
+) -> list[weakref.ref]:
+    """Weak references to the tensors that require grad, that ``f``'s graph reaches, and that
+    are neither in ``params`` (a non-leaf tensor in ``params``, such as a computed condition,
+    covers its own history) nor one of ``ours`` (the y and t of this evaluation)."""
+    known = {id(p) for p in params} | {id(x) for x in ours}
+    return [weakref.ref(leaf) for leaf in _leaves(f, params) if id(leaf) not in known]
 
-    Leaves that func creates during the call (such as a detached copy of y that requires grad,
-    to take a trace) die with the call's graph and are not reported; only tensors that outlive
-    the call, the ones whose gradients the adjoint would lose, are.
-    """
-    with torch.enable_grad():
-        f0 = problem.first_derivative(y0.detach())
-    known = {id(p) for p in params}
-    candidates = [weakref.ref(leaf) for leaf in _leaves(f0, params) if id(leaf) not in known]
-    del f0
-    return [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+
+def _warn_unlisted(candidates: list[weakref.ref]) -> None:
+    """Warn of the candidates that outlive the evaluation's graph: the tensors whose gradients
+    the adjoint does not compute. Leaves that func creates during the call (such as a detached
+    copy of y that requires grad, to take a trace) die with the graph and are not reported."""
+    missing = [leaf for leaf in (ref() for ref in candidates) if leaf is not None]
+    if not missing:
+        return
+    shapes = ", ".join(str(tuple(leaf.shape)) for leaf in missing)
+    warnings.warn(
+        f"neuralode: func depends on {len(missing)} tensor(s) that require grad but are not in "
+        f"adjoint_params (shapes {shapes}); the adjoint computes no gradient for them: pass "
+        "them in adjoint_params=(...) or register them as parameters of func",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 class _AdjointSolve(torch.autograd.Function):
@@ -314,7 +399,10 @@ class _AdjointSolve(torch.autograd.Function):
         grad_params = ys.new_zeros(sum(p.numel() for p in params))
         for i in range(len(problem.times) - 1, 0, -1):
             backward = mode.backward_problem(
-                problem, params, [problem.times[i], problem.times[i - 1]]
+                problem,
+                params,
+                [problem.times[i], problem.times[i - 1]],
+                check_leaves=i == len(problem.times) - 1,
             )
             state = torch.cat([ys[i], adjoint, grad_params])
             end = integrate(backward, state)[-1]
