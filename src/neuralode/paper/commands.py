@@ -209,6 +209,11 @@ def run(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     try:
         status = args.handler(args)
+    except KeyboardInterrupt:
+        if debug_requested(args.debug):
+            raise
+        print("neuralode: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         if debug_requested(args.debug):
             raise

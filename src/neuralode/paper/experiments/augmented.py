@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--results",
         type=Path,
         default=Path("runs/augmented"),
-        help="folder of the table and figures (the committed ones: results)",
+        help="folder of the table and figures (results: update the committed ones)",
     )
     add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0, batch_option=False)
     add_device_arguments(parser)
@@ -218,7 +218,8 @@ def write_results(
     lines = [
         "# Plain, augmented and input-conditioned Neural ODEs",
         "",
-        "Command: `neuralode augmented`. Tasks and models: see `neuralode augmented --help`. "
+        "Command: `neuralode augmented --results results`. Tasks and models: see "
+        "`neuralode augmented --help`. "
         "dopri5 at rtol = atol = 1e-3 (backpropagation through the solver), Adam, batch 32, "
         "64 (map1d) or 256 (circles) training points; test sets of 1,000 points. Test NFE: "
         "evaluations of the field in the solve of the test set after training; training NFE: "

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--results",
         type=Path,
         default=Path("runs/bouncing_ball"),
-        help="folder of the table and figure (the committed ones: results)",
+        help="folder of the table and figure (results: update the committed ones)",
     )
     add_run_arguments(parser, "runs/bouncing_ball", checkpoint_every=60.0, batch_option=False)
     add_device_arguments(parser)

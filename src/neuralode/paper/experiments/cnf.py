@@ -515,8 +515,7 @@ def sample(args: argparse.Namespace) -> int:
     try:
         samples = draw_samples(model, config, args.samples).cpu()
     except ValueError as error:
-        print(f"error: {error}")
-        return 2
+        raise UsageError(str(error)) from error
     title = f"{run_name(config)}: {args.samples:,} samples"
     if config.get("data") in IMAGE_DATASETS:
         plot_image_grid(samples.reshape(-1, 14, 14)[:100], args.out, title)
