@@ -347,11 +347,13 @@ class Trainer:
         rows = self.distributed.gather_rows([loss * samples, samples])
         return float(rows[:, 0].sum() / rows[:, 1].sum())
 
-    def _divergence(self, reason: str, detail: str | None = None) -> DivergenceError:
-        """The error that stops a diverged run at the step in progress."""
+    def _divergence(
+        self, reason: str, detail: str | None = None, step: int | None = None
+    ) -> DivergenceError:
+        """The error that stops a diverged run at ``step`` (default: the step in progress)."""
         return DivergenceError(
             reason,
-            self.position.global_step + 1,
+            self.position.global_step + 1 if step is None else step,
             self.guard.state.last_loss,
             self.checkpointer.last_saved,
             detail,
@@ -362,7 +364,8 @@ class Trainer:
         try:
             save()
         except NonFiniteModelError as error:
-            raise self._divergence("the parameters are not finite", str(error)) from error
+            step = self.position.global_step  # the last step taken
+            raise self._divergence("the parameters are not finite", str(error), step) from error
 
     def _save_checkpoint(self) -> None:
         self._guarded_save(lambda: self.checkpointer.save(self._checkpoint_state))
