@@ -61,7 +61,9 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         )
         == 0
     )
-    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0] == "odenet: evaluating on 100 test images (cpu)"  # before the wait
+    evaluated = json.loads(printed[-1])
     assert evaluated["model"] == "odenet" and evaluated["images"] == 100
     assert evaluated["parameters"] == 208_266 and evaluated["test_nfe"] > 0
 

@@ -7,6 +7,9 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,14 @@ import pytest
 import torch
 from torch import nn
 
+from neuralode.errors import SolverError
 from neuralode.nn import ConcatLinear, NeuralODE, SolverConfig
 from neuralode.paper.training import (
+    CheckpointError,
+    DivergenceError,
     FitResult,
+    ResumeError,
+    RunFolderError,
     TensorBatches,
     Trainer,
     batch_size,
@@ -30,6 +38,7 @@ from neuralode.paper.training import (
     save_checkpoint,
     seed_everything,
 )
+from neuralode.paper.training.divergence import NonFiniteModelError
 
 BATCHES_PER_EPOCH = 7  # 64 samples in batches of 10: the last one has 4
 TIMING_FIELDS = ("seconds", "eval_seconds", "samples_per_s")
@@ -262,3 +271,206 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda:0")
+
+
+class PoisonAt:
+    """A data source whose batches at the given global steps (1-based) carry NaN inputs."""
+
+    def __init__(self, data: TensorBatches, steps: set[int]) -> None:
+        self.data, self.steps = data, steps
+        self.batch_size = data.batch_size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        for i, (x, y) in enumerate(self.data.batches(epoch, start), start):
+            if epoch * len(self) + i + 1 in self.steps:
+                x = torch.full_like(x, math.nan)
+            yield x, y
+
+
+def test_non_finite_batches_are_skipped_counted_and_never_reach_the_optimizer(
+    tmp_path: Path,
+) -> None:
+    trainer = make_trainer(tmp_path, data=PoisonAt(regression_data(), {3, 4, 9}))
+    result = trainer.fit()
+    assert result.completed
+    assert [r["skipped"] for r in result.history] == [2, 1]
+    assert all(math.isfinite(r["train"]["loss"]) for r in result.history)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    # the scheduler stepped only for the 14 - 3 batches that reached the optimizer
+    assert trainer.scheduler.state_dict()["last_epoch"] == 2 * BATCHES_PER_EPOCH - 3
+
+
+def test_bad_batches_in_a_row_stop_the_run_naming_step_loss_and_checkpoint(
+    tmp_path: Path,
+) -> None:
+    poison = PoisonAt(regression_data(), set(range(9, 15)))  # epoch 2 from its second batch
+    trainer = make_trainer(tmp_path, data=poison, max_bad_batches=3)
+    with pytest.raises(DivergenceError) as caught:
+        trainer.fit()
+    error = caught.value
+    assert error.step == 11 and error.checkpoint == trainer.checkpoint_path
+    message = str(error)
+    assert "step 11" in message and "3 bad batches in a row" in message
+    assert f"last finite loss {error.last_loss:.6g}" in message
+    assert str(trainer.checkpoint_path) in message
+    assert load_checkpoint(trainer.checkpoint_path)["epoch"] == 1  # the last good one
+    assert not trainer.model_path.exists()
+
+
+def test_exploding_loss_counts_as_bad(tmp_path: Path) -> None:
+    """A real divergence: SGD with a huge learning rate makes the loss explode while finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e4),
+        regression_data(),
+        noisy_mse,
+        out_dir=tmp_path,
+        epochs=3,
+        max_loss_growth=1e3,
+    )
+    with pytest.raises(DivergenceError, match="exceeds 1000 times the first loss"):
+        trainer.fit()
+    assert not trainer.model_path.exists()
+
+
+def test_non_finite_parameters_are_never_written(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, epochs=1)
+    with torch.no_grad():
+        trainer.model[0].weight[0, 0] = math.inf  # the optimizer cannot undo an Inf weight
+    with pytest.raises(DivergenceError, match="parameters are not finite") as caught:
+        trainer.fit()
+    assert "0.weight" in str(caught.value)
+    assert not trainer.checkpoint_path.exists() and not trainer.model_path.exists()
+    with pytest.raises(NonFiniteModelError, match=r"model\.pt"):
+        trainer.checkpointer.save_model({"model": trainer.model.state_dict(), "config": {}})
+
+
+def test_solver_failure_is_reported_as_divergence_with_its_detail(tmp_path: Path) -> None:
+    solver = SolverConfig(method="dopri5", options={"max_num_steps": 2})
+    model = nn.Sequential(NeuralODE(ConcatLinear(4, 4), solver=solver), nn.Linear(4, 1))
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        regression_data(),
+        lambda m, b: (nn.functional.mse_loss(m(b[0] * 50), b[1]), {}),
+        out_dir=tmp_path,
+        epochs=1,
+    )
+    with pytest.raises(DivergenceError, match="the ODE solver failed") as caught:
+        trainer.fit()
+    assert isinstance(caught.value.__cause__, SolverError)
+    assert str(caught.value.__cause__) in str(caught.value).splitlines()[1]
+
+
+def test_resume_refuses_changed_options_and_says_a_run_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_trainer(tmp_path, epochs=1).fit()
+    changed = make_trainer(tmp_path, epochs=1)
+    changed.config = {"experiment": "regression", "lr": 0.5, "device": "cuda"}
+    changed.may_change = frozenset({"device"})
+    with pytest.raises(ResumeError, match=r"--lr 0\.5 \(the run's: 0\.05\)") as caught:
+        changed.fit(resume=True)
+    assert "device" not in str(caught.value)
+    capsys.readouterr()
+    again = make_trainer(tmp_path, epochs=1)
+    assert again.fit(resume=True).completed
+    assert "already finished its 1 epochs" in capsys.readouterr().out
+
+
+def test_start_removes_stale_temporaries_and_checks_the_folder(tmp_path: Path) -> None:
+    stale = tmp_path / "run" / ".checkpoint.pt.k1ll3d.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a checkpoint")
+    make_trainer(tmp_path / "run", epochs=1).fit(resume=True)
+    assert not stale.exists()
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    trainer = make_trainer(blocker / "run", data=StopAt(regression_data(), 1, pytest.fail))
+    with pytest.raises(RunFolderError, match="cannot be written"):
+        trainer.fit()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"", "is empty"),
+        (b"\x80\x04not really a pickle" * 10, "not a PyTorch checkpoint"),
+        ("truncated", "truncated or corrupt"),
+        ("bare", "bare state_dict"),
+        ("model.pt", "lacks 'optimizer'"),
+    ],
+)
+def test_a_bad_checkpoint_is_named_with_its_problem(
+    tmp_path: Path, content: bytes | str, words: str
+) -> None:
+    source = make_trainer(tmp_path / "good", epochs=1)
+    source.fit()
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    if content == "truncated":
+        path.write_bytes(source.checkpoint_path.read_bytes()[:500])
+    elif content == "bare":
+        torch.save(source.model.state_dict(), path)
+    elif content == "model.pt":
+        path.write_bytes(source.model_path.read_bytes())
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=words) as caught:
+        make_trainer(path.parent, epochs=1).fit(resume=True)
+    assert str(path) in str(caught.value)
+
+
+def test_kill_9_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """A real SIGKILL while checkpoint.pt is being written (the second time, after step 2):
+    the temporary file is left behind, removed at the next start, and the resumed run ends
+    bitwise equal to an uninterrupted one."""
+    a = make_trainer(tmp_path / "a")
+    result_a = a.fit()
+
+    run = tmp_path / "b"
+    marker = tmp_path / "writing"
+    script = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from neuralode.paper.training import checkpoint
+import test_trainer
+saves = []
+real_fsync = os.fsync
+def fsync(fd):
+    saves.append(fd)
+    if len(saves) == 3:  # epoch 1 written (file + folder); stuck in the second write
+        Path({str(marker)!r}).write_text("")
+        time.sleep(600)
+    real_fsync(fd)
+checkpoint.os.fsync = fsync
+test_trainer.make_trainer(Path({str(run)!r}), checkpoint_every=0).fit()
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        for _ in range(600):
+            if marker.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "the run never reached its second checkpoint write"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert list(run.glob(".checkpoint.pt.*.tmp"))
+    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 1
+
+    b = make_trainer(run, init_seed=99, checkpoint_every=0)
+    result_b = b.fit(resume=True)
+    assert not list(run.glob(".*.tmp"))
+    assert_same_run(a, b, result_a, result_b)

@@ -4,16 +4,23 @@ Each sub-command is a :class:`Command` in :data:`COMMANDS`: a help line, a funct
 options to an ``argparse`` parser, and a function running it from the parsed arguments and
 returning the exit status. A command may instead group sub-commands of its own
 (``neuralode mnist train``). Adding an experiment is one entry in :data:`COMMANDS`.
+
+Every help shows the defaults; an invalid option is one line and exit status 2; an error while
+running is one line (:mod:`.errors`) and exit status 1, with the traceback only under
+``--debug`` or ``NEURALODE_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from neuralode import __version__
 
+from .arguments import ArgumentParser, HelpFormatter
+from .errors import debug_requested, describe, exit_status
 from .experiments import (
     augmented,
     bouncing_ball,
@@ -148,7 +155,7 @@ def _add_commands(
             name,
             help=command.help,
             description=command.description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         if command.subcommands:
             nested = parser.add_subparsers(
@@ -158,19 +165,31 @@ def _add_commands(
         else:
             assert command.add_arguments is not None and command.run is not None
             command.add_arguments(parser)
+            _add_debug(parser, default=argparse.SUPPRESS)
             parser.set_defaults(handler=command.run)
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the full traceback of an error (as does NEURALODE_DEBUG=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neuralode`` argument parser with every sub-command of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="neuralode",
+        formatter_class=HelpFormatter,
         description=(
             "Neural ordinary differential equations in PyTorch: run the experiments. "
             "Start with `neuralode demo`; `neuralode COMMAND --help` explains each command."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_debug(parser, default=False)
     subparsers = parser.add_subparsers(
         title="commands", metavar="COMMAND", dest="command_0", required=True
     )
@@ -180,12 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run its command; returns the exit status
-    (0 for ``--help`` and ``--version``, 2 for invalid arguments)."""
+    (0 for ``--help`` and ``--version``, 2 for invalid arguments, 1 for an error while running,
+    130 for a run stopped by a signal). Errors are one line on stderr; with ``--debug`` or
+    ``NEURALODE_DEBUG=1`` they propagate with their traceback."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
-    status = args.handler(args)
+    try:
+        status = args.handler(args)
+    except KeyboardInterrupt:
+        if debug_requested(args.debug):
+            raise
+        print("neuralode: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug_requested(args.debug):
+            raise
+        print(f"neuralode: error: {describe(error)}", file=sys.stderr)
+        return exit_status(error)
     leave_process_group()  # a train command under torchrun: all ranks finish together
     return status

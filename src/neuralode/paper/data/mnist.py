@@ -65,7 +65,7 @@ def _locate(data_dir: Path, names: Sequence[str]) -> list[Path]:
     found = [_find(data_dir, name) for name in names]
     missing = [name for name, path in zip(names, found, strict=True) if path is None]
     if missing:
-        raise FileNotFoundError(_missing_message(data_dir, missing))
+        raise MissingDataError(data_dir, missing)
     return [path for path in found if path is not None]
 
 
@@ -126,13 +126,22 @@ def _read_checked(path: Path, name: str, magic: int) -> np.ndarray:
     return array
 
 
-def _missing_message(data_dir: Path, names: Sequence[str]) -> str:
-    files = ", ".join(f"{name}.gz" for name in names)
-    return (
-        f"MNIST files missing from {data_dir}: {files}. Put the IDX files there (gzipped or "
-        f"not), or pass download=True to fetch them from {MNIST_MIRRORS[0]}. The folder "
-        "defaults to ~/.cache/neuralode/mnist and is overridden by $NEURALODE_DATA."
-    )
+class MissingDataError(FileNotFoundError):
+    """MNIST files are missing from ``data_dir``; :meth:`message` words the fix for the caller
+    (``download=True`` in Python, ``--download`` on the command line)."""
+
+    def __init__(self, data_dir: Path, names: Sequence[str]) -> None:
+        self.data_dir, self.names = data_dir, list(names)
+        super().__init__(self.message("pass download=True"))
+
+    def message(self, download: str) -> str:
+        """The error's text, with ``download`` as the way to fetch the files."""
+        files = ", ".join(f"{name}.gz" for name in self.names)
+        return (
+            f"MNIST files missing from {self.data_dir}: {files}. Put the IDX files there "
+            f"(gzipped or not), or {download} to fetch them from {MNIST_MIRRORS[0]}. The folder "
+            "defaults to ~/.cache/neuralode/mnist and is overridden by $NEURALODE_DATA."
+        )
 
 
 def _download_one(name: str, data_dir: Path, mirrors: Sequence[str]) -> None:

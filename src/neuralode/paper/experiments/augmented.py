@@ -14,8 +14,9 @@ ODE can neither swap two points on a line nor pull a disc out of the ring around
 - ``conditioned``: dh/dt = f(t, h, x): the input x enters the field at every evaluation.
 
 ``neuralode augmented`` trains the six runs with the shared trainer (runs/augmented/TASK-MODEL)
-and writes results/augmented.md, augmented.json and the figures augmented_map1d.png and
-augmented_circles.png.
+and writes augmented.md, augmented.json and the figures augmented_map1d.png and
+augmented_circles.png to --results (default runs/augmented; the committed ones: --results
+results).
 """
 
 from __future__ import annotations
@@ -31,28 +32,56 @@ from torch import nn
 
 from neuralode.nn import MLPField, NeuralODE, SolverConfig
 
+from .. import arguments
 from ..data.topology import concentric_circles, map1d
 from ..training import TensorBatches, Trainer
 from .augmented_figures import plot_circles, plot_map1d
-from .common import add_device_arguments, add_run_arguments, run_config, start_training
+from .common import (
+    RUN_OPTIONS,
+    add_device_arguments,
+    add_run_arguments,
+    run_config,
+    start_training,
+    trainer_options,
+)
 
 TASKS = ("map1d", "circles")
 MODELS = ("plain", "augmented", "conditioned")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=100, help="passes over the training set")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--hidden", type=int, default=32, help="width of the field's MLP")
-    parser.add_argument("--tol", type=float, default=1e-3, help="dopri5 rtol = atol")
+    positive_int = arguments.positive_int
     parser.add_argument(
-        "--repeats", type=int, default=3, help="seeds --seed, --seed + 1, ... (default 3)"
+        "--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="the tasks to run"
     )
-    parser.add_argument("--results", type=Path, default=Path("results"), help="tables, figures")
-    add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0)
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models to train"
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=100, help="passes over the training set"
+    )
+    parser.add_argument(
+        "--lr", type=arguments.positive_float, default=3e-3, help="Adam learning rate"
+    )
+    parser.add_argument("--hidden", type=positive_int, default=32, help="width of the field's MLP")
+    parser.add_argument(
+        "--tol", type=arguments.positive_float, default=1e-3, help="dopri5 rtol = atol"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="seeds --seed, --seed + 1, ..."
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("runs/augmented"),
+        help="folder of the table and figures (results: update the committed ones)",
+    )
+    add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0, batch_option=False)
     add_device_arguments(parser)
+
+
+RUN_WIDE_OPTIONS = RUN_OPTIONS | {"tasks", "models", "repeats", "results"}
+"""Options a resumed run may change: also those that choose the runs, not what one computes."""
 
 
 def make_data(task: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
                     epochs=args.epochs,
                     device=device,
                     evaluate=lambda m, x=x_test, y=y_test: evaluate(m, x, y),
-                    checkpoint_every=args.checkpoint_every,
                     config={**run_config(args), "task": task, "model": name, "seed": seed},
                     distributed=distributed,
+                    **{**trainer_options(args), "may_change": RUN_WIDE_OPTIONS},
                 )
                 result = trainer.fit(resume=args.resume)
                 if not result.completed:
@@ -189,7 +218,8 @@ def write_results(
     lines = [
         "# Plain, augmented and input-conditioned Neural ODEs",
         "",
-        "Command: `neuralode augmented`. Tasks and models: see `neuralode augmented --help`. "
+        "Command: `neuralode augmented --results results`. Tasks and models: see "
+        "`neuralode augmented --help`. "
         "dopri5 at rtol = atol = 1e-3 (backpropagation through the solver), Adam, batch 32, "
         "64 (map1d) or 256 (circles) training points; test sets of 1,000 points. Test NFE: "
         "evaluations of the field in the solve of the test set after training; training NFE: "

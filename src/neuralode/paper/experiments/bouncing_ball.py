@@ -5,7 +5,8 @@ reverses and scales its velocity by the restitution e. The times of the first bo
 observed with noise, are fitted by gradient descent on (g, e): each flight is an
 ``odeint_event`` solve, and the gradient of a bounce time with respect to g and e reaches it
 through the event times before it (implicit function theorem) and the velocities at impact.
-Writes results/bouncing_ball.{md,json,png}.
+Writes bouncing_ball.{md,json,png} to --results (default runs/bouncing_ball; the committed
+ones: --results results).
 """
 
 from __future__ import annotations
@@ -21,25 +22,51 @@ from torch import nn
 
 from neuralode import odeint, odeint_event
 
+from .. import arguments
 from ..plots import new_figure, save_figure
 from ..training import TensorBatches, Trainer
-from .common import add_device_arguments, add_run_arguments, run_config, start_training
+from .common import (
+    RUN_OPTIONS,
+    add_device_arguments,
+    add_run_arguments,
+    run_config,
+    start_training,
+    trainer_options,
+)
 
 TRUE_G, TRUE_RESTITUTION, HEIGHT = 9.81, 0.8, 5.0
 TOL = 1e-8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bounces", type=int, default=6, help="observed bounce times")
-    parser.add_argument("--noise", type=float, default=0.01, help="std of the observed times (s)")
-    parser.add_argument("--epochs", type=int, default=500, help="Adam steps (one per epoch)")
-    parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
-    parser.add_argument("--init-g", type=float, default=5.0, help="initial gravity guess")
+    positive_int, positive_float = arguments.positive_int, arguments.positive_float
+    parser.add_argument("--bounces", type=positive_int, default=6, help="observed bounce times")
     parser.add_argument(
-        "--init-restitution", type=float, default=0.5, help="initial restitution guess"
+        "--noise",
+        type=arguments.nonnegative_float,
+        default=0.01,
+        help="std of the observed times (s)",
     )
-    parser.add_argument("--results", type=Path, default=Path("results"), help="table, figure")
-    add_run_arguments(parser, "runs/bouncing_ball", checkpoint_every=60.0)
+    parser.add_argument(
+        "--epochs", type=positive_int, default=500, help="Adam steps (one per epoch)"
+    )
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate")
+    parser.add_argument(
+        "--init-g", type=positive_float, default=5.0, help="initial gravity guess (m/s²)"
+    )
+    parser.add_argument(
+        "--init-restitution",
+        type=arguments.open_unit_float,
+        default=0.5,
+        help="initial restitution guess",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("runs/bouncing_ball"),
+        help="folder of the table and figure (results: update the committed ones)",
+    )
+    add_run_arguments(parser, "runs/bouncing_ball", checkpoint_every=60.0, batch_option=False)
     add_device_arguments(parser)
 
 
@@ -121,9 +148,9 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out or Path("runs/bouncing_ball"),
         epochs=args.epochs,
         device=device,
-        checkpoint_every=args.checkpoint_every,
         config={**run_config(args)},
         distributed=distributed,
+        **{**trainer_options(args), "may_change": RUN_OPTIONS | {"results"}},
     )
     result = trainer.fit(resume=args.resume)
     if not result.completed:

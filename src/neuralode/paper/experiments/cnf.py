@@ -41,11 +41,14 @@ from neuralode.nn import (
     standard_normal_samples,
 )
 
+from .. import arguments
 from ..data import load_mnist
 from ..data.dequantize import bits_per_dim, dequantize_logit, downscale
 from ..data.toy2d import TARGETS, TOY_DATASETS, sample_toy
+from ..errors import UsageError
 from ..mnist_models import count_parameters
 from ..training import SampledBatches, Trainer
+from ..training.progress import evaluation_bar
 from .cnf_figures import plot_image_grid, plot_samples_2d
 from .common import (
     add_device_arguments,
@@ -54,6 +57,7 @@ from .common import (
     run_config,
     start_command,
     start_training,
+    trainer_options,
 )
 
 MODELS = ("cnf", "cnf-hyper", "planar", "gaussian")
@@ -77,56 +81,107 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", choices=MODELS, default="cnf", help="the flow (default cnf)")
     parser.add_argument(
-        "--iterations", type=int, default=10000, help="optimizer steps (FFJORD: 10,000)"
+        "--iterations",
+        type=arguments.positive_int,
+        default=10000,
+        help="optimizer steps, a multiple of --eval-every (FFJORD: 10,000)",
     )
     parser.add_argument(
-        "--eval-every", type=int, default=500, help="steps between evaluations and log lines"
+        "--eval-every",
+        type=arguments.positive_int,
+        default=500,
+        help="steps between evaluations and log lines",
     )
-    parser.add_argument("--batch-size", type=int, default=100, help="samples per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay")
-    parser.add_argument("--hidden", default="64,64,64", help="cnf: hidden widths of the MLP")
-    parser.add_argument("--width", type=int, default=64, help="cnf-hyper: planar units M")
-    parser.add_argument("--layers", type=int, default=64, help="planar: stacked layers K")
-    parser.add_argument("--t1", type=float, default=0.5, help="CNF end time (learnt from here)")
+    parser.add_argument(
+        "--batch-size", type=arguments.positive_int, default=100, help="samples per step"
+    )
+    parser.add_argument(
+        "--lr", type=arguments.positive_float, default=1e-3, help="Adam learning rate"
+    )
+    parser.add_argument(
+        "--weight-decay", type=arguments.nonnegative_float, default=1e-5, help="Adam weight decay"
+    )
+    parser.add_argument(
+        "--hidden", type=arguments.widths, default="64,64,64", help="cnf: hidden widths of the MLP"
+    )
+    parser.add_argument(
+        "--width", type=arguments.positive_int, default=64, help="cnf-hyper: planar units M"
+    )
+    parser.add_argument(
+        "--layers", type=arguments.positive_int, default=64, help="planar: stacked layers K"
+    )
+    parser.add_argument(
+        "--t1",
+        type=arguments.positive_float,
+        default=0.5,
+        help="CNF end time (learnt from here)",
+    )
     parser.add_argument(
         "--trace",
         choices=("exact", "hutchinson"),
         default=None,
         help="CNF trace (default: exact up to 10 dimensions, else Hutchinson)",
     )
-    parser.add_argument("--kinetic", type=float, default=0.0, help="weight of ∫‖f‖² dt")
-    parser.add_argument("--jacobian", type=float, default=0.0, help="weight of ∫‖∂f/∂z‖²_F dt")
-    parser.add_argument("--eval-samples", type=int, default=2000, help="samples per evaluation")
+    parser.add_argument(
+        "--kinetic", type=arguments.nonnegative_float, default=0.0, help="weight of ∫‖f‖² dt"
+    )
+    parser.add_argument(
+        "--jacobian",
+        type=arguments.nonnegative_float,
+        default=0.0,
+        help="weight of ∫‖∂f/∂z‖²_F dt",
+    )
+    parser.add_argument(
+        "--eval-samples", type=arguments.positive_int, default=2000, help="samples per evaluation"
+    )
     add_run_arguments(parser, "runs/cnf/DATA-MODEL", checkpoint_every=120.0)
     _add_solver_arguments(parser, default_tol=1e-5)
     _add_common(parser)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt or checkpoint.pt")
+    _add_checkpoint(parser)
     parser.add_argument(
-        "--samples", type=int, default=10000, help="test samples (images: the first N)"
+        "--samples",
+        type=arguments.positive_int,
+        default=10000,
+        help="test samples (images: the first N)",
     )
-    parser.add_argument(
-        "--tol", type=float, default=None, help="solver tolerance (default: as trained)"
-    )
+    _add_tol_override(parser)
     _add_common(parser)
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt or checkpoint.pt")
-    parser.add_argument("--samples", type=int, default=20000, help="how many samples to draw")
-    parser.add_argument("--out", type=Path, required=True, help="PNG of the samples")
+    _add_checkpoint(parser)
     parser.add_argument(
-        "--tol", type=float, default=None, help="solver tolerance (default: as trained)"
+        "--samples", type=arguments.positive_int, default=20000, help="how many samples to draw"
     )
+    parser.add_argument("--out", type=Path, required=True, help="PNG of the samples")
+    _add_tol_override(parser)
     _add_common(parser)
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=arguments.existing_file,
+        required=True,
+        help="model.pt or checkpoint.pt",
+    )
+
+
+def _add_tol_override(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tol",
+        type=arguments.positive_float,
+        default=None,
+        help="solver tolerance (default: as trained)",
+    )
 
 
 def _add_solver_arguments(parser: argparse.ArgumentParser, default_tol: float) -> None:
     parser.add_argument(
-        "--tol", type=float, default=default_tol, help=f"CNF rtol = atol (default {default_tol})"
+        "--tol", type=arguments.positive_float, default=default_tol, help="CNF rtol = atol"
     )
     parser.add_argument(
         "--gradient",
@@ -138,7 +193,14 @@ def _add_solver_arguments(parser: argparse.ArgumentParser, default_tol: float) -
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="MNIST folder (for --data mnist14)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MNIST folder for --data mnist14 (default: $NEURALODE_DATA or "
+        "~/.cache/neuralode/mnist)",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download MNIST if missing (--data mnist14)"
     )
     add_device_arguments(parser)
 
@@ -226,10 +288,13 @@ class ImageTask(LikelihoodTask):
     """
 
     def __init__(
-        self, data_dir: Path | None, statistics: tuple[list[float], list[float]] | None = None
+        self,
+        data_dir: Path | None,
+        statistics: tuple[list[float], list[float]] | None = None,
+        download: bool = False,
     ) -> None:
         super().__init__("mnist14", dim=196)
-        self.data_dir = data_dir
+        self.data_dir, self.download = data_dir, download
         self._pixels: dict[str, torch.Tensor] = {}
         if statistics is None:
             generator = torch.Generator().manual_seed(0)
@@ -241,7 +306,7 @@ class ImageTask(LikelihoodTask):
     def pixels(self, split: str) -> torch.Tensor:
         """The split's images as (n, 196) pixel values in {0, …, 255}, float32."""
         if split not in self._pixels:
-            images, _ = load_mnist(self.data_dir, split)
+            images, _ = load_mnist(self.data_dir, split, download=self.download)
             small = downscale(images.numpy(), 2).reshape(len(images), -1)
             self._pixels[split] = torch.from_numpy(small).float()
         return self._pixels[split]
@@ -330,8 +395,9 @@ def _batched_scores(
     """``score`` of every row of x, in batches without autograd: (n,), and the model's mean NFE
     per batch."""
     results, nfe = [], []
+    chunks = x.split(batch_size)
     with torch.no_grad():
-        for chunk in x.split(batch_size):
+        for chunk in evaluation_bar(chunks, len(chunks), "test batches"):
             results.append(score(chunk.to(device)).cpu())
             nfe.append(flow_nfe(model))
     return torch.cat(results), sum(nfe) / len(nfe)
@@ -344,7 +410,8 @@ def make_task(config: Mapping[str, Any]) -> Task:
     if config["data"] in IMAGE_DATASETS:
         data_dir = config.get("data_dir")
         statistics = config.get("image_statistics")
-        return ImageTask(Path(data_dir) if data_dir else None, statistics)
+        download = bool(config.get("download"))
+        return ImageTask(Path(data_dir) if data_dir else None, statistics, download)
     return LikelihoodTask(config["data"], config.get("kinetic", 0.0), config.get("jacobian", 0.0))
 
 
@@ -357,7 +424,11 @@ def train(args: argparse.Namespace) -> int:
     """Train one flow; returns an exit status (0 when all steps ran)."""
     distributed, device = start_training(args)
     if args.iterations % args.eval_every:
-        raise SystemExit("--iterations must be a multiple of --eval-every")
+        raise UsageError(
+            f"--iterations {args.iterations} must be a multiple of --eval-every "
+            f"{args.eval_every}: pass, e.g., --iterations "
+            f"{max(1, round(args.iterations / args.eval_every)) * args.eval_every}"
+        )
     config = run_config(args)
     task = make_task(config)
     config["dim"] = task.dim
@@ -379,9 +450,9 @@ def train(args: argparse.Namespace) -> int:
         epochs=args.iterations // args.eval_every,
         device=device,
         evaluate=lambda m: task.evaluate(m, args.eval_samples, device),
-        checkpoint_every=args.checkpoint_every,
         config=config,
         distributed=distributed,
+        **trainer_options(args),
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130
@@ -391,7 +462,7 @@ def load_flow(
     path: Path, device: torch.device, tol: float | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A saved flow in eval mode and its config; ``tol`` overrides the trained tolerance."""
-    return load_run(path, device, build_flow, {"tol": tol} if tol is not None else None)
+    return load_run(path, device, build_flow, {"tol": tol} if tol is not None else None, "cnf")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -400,6 +471,8 @@ def evaluate(args: argparse.Namespace) -> int:
     model, config = load_flow(args.checkpoint, device, args.tol)
     if args.data_dir is not None:
         config["data_dir"] = str(args.data_dir)
+    config["download"] = args.download
+    print(f"{run_name(config)}: evaluating on {args.samples:,} samples ({device})", flush=True)
     start = time.perf_counter()
     metrics = make_task(config).evaluate(model, args.samples, device)
     result = {
@@ -442,8 +515,7 @@ def sample(args: argparse.Namespace) -> int:
     try:
         samples = draw_samples(model, config, args.samples).cpu()
     except ValueError as error:
-        print(f"error: {error}")
-        return 2
+        raise UsageError(str(error)) from error
     title = f"{run_name(config)}: {args.samples:,} samples"
     if config.get("data") in IMAGE_DATASETS:
         plot_image_grid(samples.reshape(-1, 14, 14)[:100], args.out, title)

@@ -24,6 +24,7 @@ from torch import nn
 
 from neuralode.nn import CNF, standard_normal_log_prob
 
+from .. import arguments
 from ..data.toy2d import TARGETS, reference_log_prob
 from ..mnist_models import count_parameters
 from ..training.run_log import read_log
@@ -55,8 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runs", type=Path, default=Path("runs/cnf"), help="folder of run folders (runs/cnf)"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="where cnf.md goes")
-    parser.add_argument("--samples", type=int, default=10000, help="held-out samples per score")
-    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (mnist14 runs)")
+    parser.add_argument(
+        "--samples",
+        type=arguments.positive_int,
+        default=10000,
+        help="held-out samples per score",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MNIST folder for mnist14 runs (default: $NEURALODE_DATA or ~/.cache/neuralode/mnist)",
+    )
     add_device_arguments(parser)
 
 

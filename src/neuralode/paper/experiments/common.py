@@ -1,5 +1,6 @@
-"""What the experiment commands share: run-folder and device options, the start of a command
-(joining the ``torchrun`` process group for training), and the configuration a run saves."""
+"""What the experiment commands share: run-folder, guard and device options, the start of a
+command (joining the ``torchrun`` process group for training), the configuration a run saves,
+and loading a saved run (checked to come from the right experiment and to fit its model)."""
 
 from __future__ import annotations
 
@@ -11,47 +12,111 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import arguments
 from ..training import resolve_device, seed_everything
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import CheckpointError, load_run_state
 from ..training.distributed import Distributed, join_process_group
+from ..training.divergence import DEFAULT_MAX_BAD_BATCHES, DEFAULT_MAX_LOSS_GROWTH
+
+RUN_OPTIONS = frozenset(
+    {
+        "out",
+        "resume",
+        "checkpoint_every",
+        "dist_timeout",
+        "max_bad_batches",
+        "max_loss_growth",
+        "device",
+        "threads",
+        "data_dir",
+        "download",
+        "log_every",
+        "debug",
+    }
+)
+"""Options a resumed run may change: where and how it runs, not what it computes."""
 
 
 def add_run_arguments(
-    parser: argparse.ArgumentParser, default_out: str, checkpoint_every: float
+    parser: argparse.ArgumentParser,
+    default_out: str,
+    checkpoint_every: float,
+    batch_option: bool = True,
 ) -> None:
     """--out (default ``default_out``), --resume, --checkpoint-every and --dist-timeout
-    (seconds), and an epilog on data-parallel launches."""
+    (seconds), the divergence guard's --max-bad-batches and --max-loss-growth, and an epilog on
+    data-parallel launches (which explains --batch-size if ``batch_option``)."""
+    batch = (
+        "--batch-size is then the global batch (a multiple of N); "
+        if batch_option
+        else "Each rank takes its share of every batch; "
+    )
     parser.epilog = (
         "On several processes, GPUs or hosts, launch the same command with torchrun, e.g.\n"
         "  torchrun --standalone --nproc_per_node=N -m neuralode "
         f"{parser.prog.removeprefix('neuralode ')} [OPTIONS]\n"
-        "--batch-size is then the global batch (a multiple of N); rank 0 logs and checkpoints."
+        f"{batch}rank 0 logs and checkpoints.\n"
+        "--resume continues a stopped run with the options it was started with: other values "
+        "of options\nthat change the result (--lr, --epochs, ...) are refused with the list "
+        "of differences."
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help=f"run folder (default {default_out})"
+        "--out", type=Path, default=None, help=f"run folder (default: {default_out})"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run folder's checkpoint (with the same options)",
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=arguments.seconds,
         default=checkpoint_every,
-        help=f"seconds between checkpoints (default {checkpoint_every:g})",
+        help="seconds between mid-epoch checkpoints (inf: at epoch ends only)",
     )
     parser.add_argument(
         "--dist-timeout",
-        type=float,
+        type=arguments.positive_float,
         default=1800.0,
-        help="under torchrun: seconds a rank waits for the others before failing (default 1800)",
+        help="under torchrun: seconds a rank waits for the others before failing",
     )
+    parser.add_argument(
+        "--max-bad-batches",
+        type=arguments.positive_int,
+        default=DEFAULT_MAX_BAD_BATCHES,
+        help="stop (exit 1) after this many batches in a row with a NaN/Inf loss or gradient "
+        "or an exploding loss; each is skipped",
+    )
+    parser.add_argument(
+        "--max-loss-growth",
+        type=arguments.positive_float,
+        default=DEFAULT_MAX_LOSS_GROWTH,
+        help="a loss above this many times the first one (at least 1) counts as a bad batch",
+    )
+
+
+def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Trainer's keyword arguments that come from :func:`add_run_arguments`' options."""
+    return {
+        "checkpoint_every": args.checkpoint_every,
+        "max_bad_batches": args.max_bad_batches,
+        "max_loss_growth": args.max_loss_growth,
+        "may_change": RUN_OPTIONS,
+    }
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --seed and --threads."""
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device", type=arguments.device, default="auto", help="auto, cpu, cuda or cuda:N"
+    )
+    parser.add_argument("--seed", type=arguments.nonnegative_int, default=0, help="random seed")
+    parser.add_argument(
+        "--threads",
+        type=arguments.positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
+    )
 
 
 def start_command(args: argparse.Namespace) -> torch.device:
@@ -81,14 +146,53 @@ def load_run(
     device: torch.device,
     build: Callable[[dict[str, Any]], nn.Module],
     overrides: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A saved run's model (model.pt or checkpoint.pt), rebuilt by ``build`` from its config with
-    ``overrides`` applied, on ``device`` in eval mode; and that config."""
-    saved = load_checkpoint(path, map_location=device)
+    ``overrides`` applied, on ``device`` in eval mode; and that config.
+
+    Raises:
+        CheckpointError: naming ``path`` and the problem: unreadable or not a run's file,
+            written by another experiment than ``experiment`` (``"mnist"``, ...), or weights
+            that do not fit the model its config describes.
+    """
+    saved = load_run_state(path, map_location=device)
+    if experiment is not None:
+        check_experiment(path, saved["config"], experiment)
     config = {**saved["config"], **(overrides or {})}
-    model = build(config)
-    model.load_state_dict(saved["model"])
+    try:
+        model = build(config)
+    except KeyError as error:
+        raise CheckpointError(
+            f"checkpoint {path}: its config lacks the option {error}; was it written by an "
+            "older version? Train the model again"
+        ) from error
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the model its options describe "
+            f"({_state_mismatch(str(error))})"
+        ) from error
     return model.to(device).eval(), config
+
+
+def check_experiment(path: Path, config: Mapping[str, Any], experiment: str) -> None:
+    """Raise CheckpointError unless ``config`` is that of a ``neuralode EXPERIMENT`` run."""
+    written_by = config.get("command_0")
+    if written_by == experiment:
+        return
+    source = f"`neuralode {written_by}`" if written_by else "another program"
+    raise CheckpointError(
+        f"checkpoint {path} was written by {source}, not `neuralode {experiment}`: pass the "
+        f"model.pt or checkpoint.pt of a {experiment} run"
+    )
+
+
+def _state_mismatch(message: str) -> str:
+    """The first differing key or shape of a ``load_state_dict`` error, in one line."""
+    lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+    return lines[0] if lines else message.splitlines()[0]
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:

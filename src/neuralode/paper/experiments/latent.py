@@ -26,6 +26,7 @@ from torch import nn
 
 from neuralode.nn import GapRNN, LatentODE, SolverConfig
 
+from .. import arguments
 from ..data.spirals import WINDOW, Spirals, make_spirals
 from ..mnist_models import count_parameters
 from ..training import TensorBatches, Trainer
@@ -36,6 +37,7 @@ from .common import (
     run_config,
     start_command,
     start_training,
+    trainer_options,
 )
 
 MODELS = ("latent_ode", "ode_rnn", "rnn")
@@ -49,31 +51,42 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--obs", type=int, choices=OBSERVATIONS, default=30, help="observed points per spiral"
     )
     parser.add_argument("--model", choices=MODELS, default="latent_ode", help="the model")
-    parser.add_argument("--epochs", type=int, default=400, help="passes over the spirals")
-    parser.add_argument("--batch-size", type=int, default=50, help="spirals per step")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (cosine decay)")
-    parser.add_argument("--train-size", type=int, default=1000, help="training spirals")
-    parser.add_argument("--noise", type=float, default=0.1, help="observation noise std")
-    parser.add_argument("--latent-dim", type=int, default=4, help="latent dimension (paper: 4)")
+    positive_int, positive_float = arguments.positive_int, arguments.positive_float
+    parser.add_argument("--epochs", type=positive_int, default=400, help="passes over the spirals")
+    parser.add_argument("--batch-size", type=positive_int, default=50, help="spirals per step")
+    parser.add_argument(
+        "--lr", type=positive_float, default=1e-2, help="Adam learning rate (cosine decay)"
+    )
+    parser.add_argument("--train-size", type=positive_int, default=1000, help="training spirals")
+    parser.add_argument("--noise", type=positive_float, default=0.1, help="observation noise std")
+    parser.add_argument(
+        "--latent-dim", type=positive_int, default=4, help="latent dimension (paper: 4)"
+    )
     parser.add_argument(
         "--field-hidden",
+        type=arguments.widths,
         default="20",
         help="hidden widths of the latent vector field, comma-separated (paper: 20)",
     )
-    parser.add_argument(
-        "--tol", type=float, default=1e-5, help="latent solve rtol = atol (default 1e-5)"
-    )
+    parser.add_argument("--tol", type=positive_float, default=1e-5, help="latent solve rtol = atol")
     add_run_arguments(parser, "runs/latent/obsN-MODEL", checkpoint_every=120.0)
     _add_common(parser)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt or checkpoint.pt")
+    parser.add_argument(
+        "--checkpoint",
+        type=arguments.existing_file,
+        required=True,
+        help="model.pt or checkpoint.pt",
+    )
     _add_common(parser)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test-size", type=int, default=100, help="held-out spirals")
+    parser.add_argument(
+        "--test-size", type=arguments.positive_int, default=100, help="held-out spirals"
+    )
     add_device_arguments(parser)
 
 
@@ -167,9 +180,9 @@ def train(args: argparse.Namespace) -> int:
         device=device,
         scheduler=scheduler,
         evaluate=lambda m: rmse_scores(predict(m, test, device), test),
-        checkpoint_every=args.checkpoint_every,
         config=config,
         distributed=distributed,
+        **trainer_options(args),
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130
@@ -177,7 +190,7 @@ def train(args: argparse.Namespace) -> int:
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A saved model in eval mode and its config."""
-    return load_run(path, device, build_model)
+    return load_run(path, device, build_model, experiment="latent")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -185,10 +198,12 @@ def evaluate(args: argparse.Namespace) -> int:
     device = start_command(args)
     model, config = load_model(args.checkpoint, device)
     test = held_out_spirals(config, args.test_size)
+    name = f"obs{config['obs']}-{config['model']}"
+    print(f"{name}: evaluating on {args.test_size:,} held-out spirals ({device})", flush=True)
     start = time.perf_counter()
     scores = rmse_scores(predict(model, test, device), test)
     result = {
-        "run": f"obs{config['obs']}-{config['model']}",
+        "run": name,
         "parameters": count_parameters(model),
         "spirals": args.test_size,
         **scores,

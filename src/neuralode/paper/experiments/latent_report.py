@@ -21,6 +21,7 @@ import torch
 
 from neuralode.nn import LatentODE
 
+from .. import arguments
 from ..data.spirals import WINDOW
 from ..mnist_models import count_parameters
 from ..plots import new_figure, save_figure
@@ -45,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("results"), help="where latent_ode.md goes"
     )
-    parser.add_argument("--test-size", type=int, default=100, help="held-out spirals")
+    parser.add_argument(
+        "--test-size", type=arguments.positive_int, default=100, help="held-out spirals"
+    )
     add_device_arguments(parser)
 
 

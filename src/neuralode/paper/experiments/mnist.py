@@ -17,9 +17,11 @@ from torch import nn
 
 from neuralode.nn import ODEModule
 
+from .. import arguments
 from ..data import MNISTBatches, load_mnist
 from ..mnist_models import build_mnist_model, count_parameters
 from ..training import Trainer
+from ..training.progress import evaluation_bar
 from .common import (
     add_device_arguments,
     add_run_arguments,
@@ -27,6 +29,7 @@ from .common import (
     run_config,
     start_command,
     start_training,
+    trainer_options,
 )
 
 MODELS = ("odenet", "anode", "resnet", "rknet", "mlp")
@@ -38,12 +41,18 @@ SOLVING_MODELS = (*ADAPTIVE_MODELS, "rknet")
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODELS, default="odenet", help="which Table 1 row")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
-    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    parser.add_argument("--epochs", type=arguments.positive_int, default=15, help="training epochs")
     parser.add_argument(
-        "--tol", type=float, default=1e-3, help="ODE-Net solver rtol = atol (default 1e-3)"
+        "--batch-size", type=arguments.positive_int, default=128, help="images per batch"
+    )
+    parser.add_argument(
+        "--lr", type=arguments.positive_float, default=0.1, help="peak SGD learning rate"
+    )
+    parser.add_argument(
+        "--weight-decay", type=arguments.nonnegative_float, default=5e-4, help="SGD weight decay"
+    )
+    parser.add_argument(
+        "--tol", type=arguments.positive_float, default=1e-3, help="ODE-Net solver rtol = atol"
     )
     parser.add_argument(
         "--gradient",
@@ -51,27 +60,56 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="adjoint",
         help="how the ODE-Net's solve is differentiated (default adjoint: O(1) memory)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N images")
-    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
+    parser.add_argument(
+        "--limit",
+        type=arguments.positive_int,
+        default=None,
+        help="train on the first N images (default: all 60,000)",
+    )
+    _add_test_limit(parser)
     _add_common(parser)
     add_run_arguments(parser, "runs/mnist/MODEL", checkpoint_every=300.0)
     parser.add_argument(
-        "--log-every", type=int, default=20, help="steps between per-step lines in log.jsonl"
+        "--log-every",
+        type=arguments.positive_int,
+        default=20,
+        help="steps between per-step lines in log.jsonl",
     )
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt or checkpoint.pt")
     parser.add_argument(
-        "--tol", type=float, default=None, help="evaluate the ODE-Net at this tolerance"
+        "--checkpoint",
+        type=arguments.existing_file,
+        required=True,
+        help="model.pt or checkpoint.pt",
     )
-    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
+    parser.add_argument(
+        "--tol",
+        type=arguments.positive_float,
+        default=None,
+        help="evaluate the ODE-Net at this tolerance (default: as trained)",
+    )
+    _add_test_limit(parser)
     _add_common(parser)
+
+
+def _add_test_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--test-limit",
+        type=arguments.positive_int,
+        default=None,
+        help="test on the first N images (default: all 10,000)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="folder with the MNIST IDX files (.gz or not)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with the MNIST IDX files, .gz or not (default: $NEURALODE_DATA or "
+        "~/.cache/neuralode/mnist)",
     )
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
     add_device_arguments(parser)
@@ -90,7 +128,7 @@ def load_model(
         kwargs = model_kwargs(config["model"], config.get("tol", 1e-3), "backprop")
         return build_mnist_model(config["model"], **kwargs)
 
-    return load_run(path, device, build, {"tol": tol} if tol is not None else None)
+    return load_run(path, device, build, {"tol": tol} if tol is not None else None, "mnist")
 
 
 def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
@@ -115,7 +153,7 @@ def test_error(
     data = MNISTBatches(images, labels, batch_size, shuffle=False, augment=False)
     blocks = [m for m in model.modules() if isinstance(m, ODEModule)]
     wrong, total, nfe = 0, 0, []
-    for x, y in data.batches(0):
+    for x, y in evaluation_bar(data.batches(0), len(data), "test images"):
         x, y = x.to(device), y.to(device)
         wrong += int((model(x).argmax(dim=1) != y).sum())
         total += len(y)
@@ -162,10 +200,10 @@ def train(args: argparse.Namespace) -> int:
         scheduler=scheduler,
         scheduler_interval="step",
         evaluate=lambda m: test_error(m, test_images, test_labels, device),
-        checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         config=config,
         distributed=distributed,
+        **trainer_options(args),
     )
     result = trainer.fit(resume=args.resume)
     return 0 if result.completed else 130
@@ -179,9 +217,10 @@ def evaluate(args: argparse.Namespace) -> int:
     images, labels = load_mnist(args.data_dir, "test", download=args.download)
     if args.test_limit:
         images, labels = images[: args.test_limit], labels[: args.test_limit]
+    name = config["model"]
+    print(f"{name}: evaluating on {len(labels):,} test images ({device})", flush=True)
     start = time.perf_counter()
     metrics = test_error(model, images, labels, device)
-    name = config["model"]
     result = {
         "model": name,
         "parameters": count_parameters(model),

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import arguments
 from ..data import load_mnist
 from ..mnist_models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
@@ -57,16 +58,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="where mnist.md goes")
     parser.add_argument(
         "--tolerances",
-        type=float,
+        type=arguments.positive_float,
         nargs="+",
         default=list(TOLERANCES),
         help="ODE-Net tolerances for the adaptive-computation figure",
     )
-    parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images")
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST IDX files")
+    parser.add_argument(
+        "--test-limit",
+        type=arguments.positive_int,
+        default=None,
+        help="test on the first N images (default: all 10,000)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with MNIST IDX files (default: $NEURALODE_DATA or ~/.cache/neuralode/mnist)",
+    )
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device", type=arguments.device, default="auto", help="auto, cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--threads",
+        type=arguments.positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
+    )
 
 
 def training_step_memory(model_name: str, gradient: str, threads: int) -> float:

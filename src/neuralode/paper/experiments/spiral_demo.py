@@ -32,7 +32,7 @@ from torch import nn
 from neuralode import METHODS, odeint
 from neuralode.nn import NeuralODE, SolverConfig
 
-from .. import plots
+from .. import arguments, plots
 from ..training import Trainer, resolve_device, seed_everything
 from ..training.run_log import read_log
 
@@ -268,6 +268,7 @@ def train_spiral(
         log_every=1,
         config=asdict(config),
         progress_bar=progress,
+        may_change={"device"},
     )
     if not trainer.fit(resume=resume).completed:
         return None
@@ -414,12 +415,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SpiralConfig()
     parser.add_argument(
         "--iterations",
-        type=int,
+        type=arguments.positive_int,
         default=defaults.iterations,
         help=f"training iterations (default {defaults.iterations}: about a minute on a laptop CPU)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="windows per iteration"
+        "--batch-size",
+        type=arguments.positive_int,
+        default=defaults.batch_size,
+        help="windows per iteration",
     )
     parser.add_argument(
         "--batch-time",
@@ -428,7 +432,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="observations per window (default %(default)s, i.e. 0.225 time units)",
     )
     parser.add_argument(
-        "--lr", type=float, default=defaults.lr, help="initial Adam learning rate (cosine decay)"
+        "--lr",
+        type=arguments.positive_float,
+        default=defaults.lr,
+        help="initial Adam learning rate (cosine decay)",
     )
     parser.add_argument(
         "--method",
@@ -437,24 +444,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ODE solver for the model (default %(default)s)",
     )
     parser.add_argument(
-        "--rtol", type=float, default=defaults.rtol, help="solver relative tolerance"
+        "--rtol",
+        type=arguments.positive_float,
+        default=defaults.rtol,
+        help="solver relative tolerance",
     )
     parser.add_argument(
-        "--atol", type=float, default=defaults.atol, help="solver absolute tolerance"
+        "--atol",
+        type=arguments.positive_float,
+        default=defaults.atol,
+        help="solver absolute tolerance",
     )
     parser.add_argument(
         "--checkpoints",
-        type=int,
+        type=arguments.positive_int,
         default=defaults.checkpoints,
         help="evaluations on the full trajectory during training (table rows after row 0)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument(
-        "--device", default=defaults.device, help="cpu, cuda, cuda:N or auto (default cpu)"
+        "--seed", type=arguments.nonnegative_int, default=defaults.seed, help="random seed"
+    )
+    parser.add_argument(
+        "--device",
+        type=arguments.device,
+        default=defaults.device,
+        help="cpu, cuda, cuda:N or auto (default cpu)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=arguments.positive_int,
         default=1,
         help="torch CPU threads (default 1: the model is tiny, more threads only add overhead)",
     )

@@ -83,6 +83,8 @@ class EpochTotals:
     nfe_forward_max: float = 0.0
     gradient_bytes: float = 0.0
     metric_sums: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+    """Batches the divergence guard skipped (not counted in the other fields)."""
 
     def add(self, step: StepReport, seconds: float) -> None:
         """Count one step that took ``seconds`` (data loading included)."""
@@ -139,6 +141,7 @@ class EpochTotals:
             "nfe_forward_max": nfe_forward_max,
             "world_size": world_size,
             "gradient_bytes_per_step": self.gradient_bytes / max(self.steps, 1),
+            "skipped": self.skipped,
             "train": self.means(),
             "eval": eval_metrics,
         }

@@ -4,8 +4,8 @@ epoch, on the main process only."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -43,6 +43,24 @@ class Progress:
     def print(self, message: str) -> None:
         if self.show:
             tqdm.write(message)
+
+
+T = TypeVar("T")
+
+
+def evaluation_bar(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+    """``items`` with a progress bar on stderr when it is a terminal (an evaluation's batches)."""
+    return iter(
+        tqdm(
+            items,
+            total=total,
+            desc=description,
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
+    )
 
 
 def format_epoch(record: Mapping[str, Any], epochs: int) -> str:
