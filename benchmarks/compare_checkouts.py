@@ -62,6 +62,11 @@ def table(old: list[dict], new: list[dict], settings: str, commit: str) -> tuple
             "ratio": statistics.median(n / o for o, n in pairs),
             "ratios": [n / o for o, n in pairs],
         })  # fmt: skip
+    for row in rows:
+        drift = _drift(rows, row["case"])
+        row["drift_corrected"] = statistics.median(
+            r / d for r, d in zip(row["ratios"], drift, strict=True)
+        )
     lines = [
         "# Speed of the rebuilt core against the previous commit",
         "",
@@ -69,18 +74,32 @@ def table(old: list[dict], new: list[dict], settings: str, commit: str) -> tuple
         "benchmarks/bench_speed.py of each checkout, old then new in each round, in one "
         "sitting; median time over the rounds, and the median over rounds of new / old "
         "(< 1: faster now).",
-        f"- {REFERENCE}'s rows run the same code in both: their ratios are the machine's drift.",
+        f"- {REFERENCE}'s rows run the same code in both: their ratios are the machine's drift. "
+        "'÷ drift': the median over rounds of new / old divided by the same round's drift of "
+        f"the case (the geometric mean of its {REFERENCE} rows' ratios).",
         "",
-        "| case | library | variant | old (ms) | new (ms) | new / old | per round |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+        "| case | library | variant | old (ms) | new (ms) | new / old | ÷ drift | per round |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         per_round = ", ".join(f"{r:.2f}" for r in row["ratios"])
         lines.append(
             f"| {row['case']} | {row['library']} | {row['variant']} | {row['old_ms']:.3g} | "
-            f"{row['new_ms']:.3g} | {row['ratio']:.3f} | {per_round} |"
+            f"{row['new_ms']:.3g} | {row['ratio']:.3f} | {row['drift_corrected']:.3f} | "
+            f"{per_round} |"
         )
     return "\n".join(lines) + "\n", rows
+
+
+def _drift(rows: list[dict], case: str) -> list[float]:
+    """Per round, the geometric mean of new / old over the reference library's rows of a case
+    (1 where the case has none)."""
+    reference = [
+        row["ratios"] for row in rows if row["case"] == case and row["library"] == REFERENCE
+    ]
+    if not reference:
+        return [1.0] * len(rows[0]["ratios"])
+    return [statistics.geometric_mean(values) for values in zip(*reference, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
