@@ -49,7 +49,7 @@ def times(run: dict) -> dict[tuple[str, str, str], float]:
 def table(old: list[dict], new: list[dict], settings: str, commit: str) -> tuple[str, list[dict]]:
     """The comparison as markdown, and its rows."""
     old_times, new_times = [times(run) for run in old], [times(run) for run in new]
-    rows = []
+    rows: list[dict] = []
     for key in old_times[0]:
         case, library, variant = key
         if library not in ("neuralode", REFERENCE) or key not in new_times[0]:
@@ -62,6 +62,11 @@ def table(old: list[dict], new: list[dict], settings: str, commit: str) -> tuple
             "ratio": statistics.median(n / o for o, n in pairs),
             "ratios": [n / o for o, n in pairs],
         })  # fmt: skip
+    return render(rows, settings, commit), rows
+
+
+def render(rows: list[dict], settings: str, commit: str) -> str:
+    """The comparison's rows as markdown (each row's drift-corrected ratio added)."""
     for row in rows:
         drift = _drift(rows, row["case"])
         row["drift_corrected"] = statistics.median(
@@ -88,7 +93,7 @@ def table(old: list[dict], new: list[dict], settings: str, commit: str) -> tuple
             f"{row['new_ms']:.3g} | {row['ratio']:.3f} | {row['drift_corrected']:.3f} | "
             f"{per_round} |"
         )
-    return "\n".join(lines) + "\n", rows
+    return "\n".join(lines) + "\n"
 
 
 def _drift(rows: list[dict], case: str) -> list[float]:
@@ -111,7 +116,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="bench_speed's --quick (no MNIST)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--name", default="core_speed_comparison", help="output file name")
+    parser.add_argument(
+        "--render", type=Path, help="re-render a saved comparison's .json (no timing)"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        record = json.loads(args.render.read_text())
+        text = render(record["rows"], record["settings"], record["old_commit"])
+        print(text)
+        args.render.with_suffix(".md").write_text(text)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.old, text=True,
                             capture_output=True, check=True).stdout.strip()  # fmt: skip
     runs: dict[str, list[dict]] = {"old": [], "new": []}
