@@ -86,7 +86,7 @@ def test_adaptive_solves_with_different_step_counts_do_not_hang(
     assert log["nfe_forward_max"] == pytest.approx(last_epoch.max(dim=0).values.mean().item())
 
 
-@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+@pytest.mark.parametrize(("first", "then"), [pytest.param(2, 1, marks=pytest.mark.slow), (1, 2)])
 def test_checkpoint_resumes_at_another_world_size(tmp_path: Path, first: int, then: int) -> None:
     """Epoch 1 on ``first`` ranks, epoch 2 resumed on ``then`` = both epochs on one process."""
     run_worker(first, tmp_path / "split", "--epochs", "1")

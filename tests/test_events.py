@@ -149,6 +149,7 @@ def test_bounce_times_differentiate_through_a_chain_of_events() -> None:
         assert derivative.item() == pytest.approx((up - down) / (2 * eps), rel=1e-6)
 
 
+@pytest.mark.slow  # (33 s: the whole command; the physics is tested above)
 def test_bouncing_ball_command_recovers_gravity_and_restitution(tmp_path) -> None:
     from neuralode.paper.cli import main
 

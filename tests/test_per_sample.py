@@ -33,7 +33,14 @@ ADAPTIVE = sorted(name for name, m in METHODS.items() if m.adaptive and not m.im
 ROUNDING_EDGE = {"fehlberg2"}
 
 
-@pytest.mark.parametrize("method", sorted(set(ADAPTIVE) - ROUNDING_EDGE))
+@pytest.mark.parametrize(
+    "method",
+    [
+        # (adaptive_heun's many steps take 23 s; the other methods cover the property)
+        pytest.param(m, marks=pytest.mark.slow) if m == "adaptive_heun" else m
+        for m in sorted(set(ADAPTIVE) - ROUNDING_EDGE)
+    ],
+)
 def test_each_sample_steps_as_if_solved_alone(method: str) -> None:
     """The steps of a sample do not depend on the other samples, with every adaptive method."""
     field = VanDerPol(torch.logspace(-1, 1, 8, dtype=torch.float64))

@@ -69,6 +69,7 @@ def test_jacobian_reused_over_steps_keeps_the_accuracy() -> None:
     assert stats.n_jacobians < stats.n_steps
 
 
+@pytest.mark.slow  # (24 s; Robertson against Radau stays in the default suite)
 def test_van_der_pol_mu_1000_matches_radau() -> None:
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 3000, 7, dtype=torch.float64)
