@@ -32,6 +32,7 @@ from ..core.execution import integrate
 from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
+from ..core.transforms import unwrap
 from ..errors import ODEInputError, TransformError
 
 
@@ -202,7 +203,9 @@ class Adjoint:
             tightest = forward_value.min().expand(n_params)
             return torch.cat([forward_value, forward_value, tightest])
 
-        rtol, atol = augmented(self.rtol, forward.rtol), augmented(self.atol, forward.atol)
+        # (constants: a torch.func transform around the forward solve may have wrapped them)
+        forward_rtol, forward_atol = unwrap(forward.rtol), unwrap(forward.atol)
+        rtol, atol = augmented(self.rtol, forward_rtol), augmented(self.atol, forward_atol)
         return Tolerance(rtol, atol, exact_zero=bool((atol == 0).any()))
 
 
@@ -429,9 +432,43 @@ class _AdjointSolve(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        problem, mode, names, _, *params = inputs
+        problem, mode, names, y0, *params = inputs
         ctx.problem, ctx.mode, ctx.names = problem, mode, names
         ctx.save_for_backward(output, *params)
+        ctx.save_for_forward(y0, *params)
+
+    @staticmethod
+    def jvp(ctx: Any, _p: None, _m: None, _n: None, y0_t: Any, *param_ts: Any) -> torch.Tensor:
+        """Forward mode: the tangent of the forward solve itself (forward-mode differentiation
+        of its steps, as with gradient='backprop'), with respect to y0 and the parameters."""
+        problem, names = ctx.problem, ctx.names
+        y0, *params = ctx.saved_tensors
+        moving = [i for i, tangent in enumerate(param_ts) if tangent is not None]
+        if moving and names is None:
+            raise TransformError(
+                "forward mode through the adjoint with respect to func's parameters needs func "
+                "to be an nn.Module whose trainable parameters are the adjoint's: use "
+                "gradient='backprop'"
+            )
+        y0_t = torch.zeros_like(y0) if y0_t is None else y0_t
+        if not moving:
+            return torch.func.jvp(lambda y: integrate(problem, y), (y0,), (y0_t,))[1]
+        assert names is not None
+        chosen = [names[i] for i in moving]
+
+        def solve(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            bound = dict(zip(chosen, values, strict=True))
+            module = problem.field.func
+
+            def func(t: torch.Tensor, state: Any) -> Any:
+                return torch.func.functional_call(module, bound, (t, state))
+
+            field = FlatField(func, problem.layout, problem.stats)
+            return integrate(replace(problem, field=field), y)
+
+        primals = (y0, *(params[i] for i in moving))
+        tangents = (y0_t, *(param_ts[i] for i in moving))
+        return torch.func.jvp(solve, primals, tangents)[1]
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
