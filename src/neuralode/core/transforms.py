@@ -56,3 +56,29 @@ def is_batched(x: torch.Tensor) -> bool:
             return True
         x = _functorch.get_unwrapped(x)
     return False
+
+
+def differentiated_further(*tensors: torch.Tensor) -> bool:
+    """In a backward pass: its result will itself be differentiated. Autograd records it and,
+    below the torch.func grad level whose backward this is (if any), one of the tensors
+    requires grad or carries a tangent of an enclosing grad or jvp level (vmap's batching
+    alone does not count). A single torch.func.grad records every backward pass, yet nothing
+    differentiates it again: no."""
+    if not torch.is_grad_enabled():
+        return False
+    current = _functorch.maybe_current_level()
+    for x in tensors:
+        level = _functorch.maybe_get_level(x)
+        if current is not None and level == current and not _functorch.is_batchedtensor(x):
+            x = _functorch.get_unwrapped(x)  # this backward's own level
+        elif x.requires_grad:
+            return True
+        if _functorch.maybe_get_level(x) == -1 and x.requires_grad:
+            return True
+        while _functorch.maybe_get_level(x) != -1:
+            if not _functorch.is_batchedtensor(x):
+                return True
+            x = _functorch.get_unwrapped(x)
+        if x.requires_grad:
+            return True
+    return False

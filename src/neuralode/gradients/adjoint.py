@@ -32,7 +32,13 @@ from ..core.execution import integrate
 from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
-from ..core.transforms import unwrap
+from ..core.transforms import (
+    differentiated_further,
+    is_batched,
+    is_wrapped,
+    under_transform,
+    unwrap,
+)
 from ..errors import ODEInputError, TransformError
 
 
@@ -67,6 +73,12 @@ class Adjoint:
             )
         params = self._params(problem)
         names = parameter_names(problem.field.func, params)
+        if under_transform() and any(is_wrapped(p) and not is_batched(p) for p in params):
+            raise TransformError(
+                "torch.func's grad and jvp transforms with respect to func's parameters "
+                "(functional_call) are not supported through the adjoint: use "
+                "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
+            )
         return _AdjointSolve.apply(problem, self, names, y0, *params)
 
     def _scipy(self, problem: Problem) -> bool:
@@ -452,7 +464,7 @@ class _AdjointSolve(torch.autograd.Function):
             )
         y0_t = torch.zeros_like(y0) if y0_t is None else y0_t
         if not moving:
-            return torch.func.jvp(lambda y: integrate(problem, y), (y0,), (y0_t,))[1]
+            return _forward_mode(lambda y: integrate(problem, y), (y0,), (y0_t,))
         assert names is not None
         chosen = [names[i] for i in moving]
 
@@ -463,18 +475,17 @@ class _AdjointSolve(torch.autograd.Function):
             def func(t: torch.Tensor, state: Any) -> Any:
                 return torch.func.functional_call(module, bound, (t, state))
 
-            field = FlatField(func, problem.layout, problem.stats)
-            return integrate(replace(problem, field=field), y)
+            return integrate(_bind(problem, chosen, values), y)
 
         primals = (y0, *(params[i] for i in moving))
         tangents = (y0_t, *(param_ts[i] for i in moving))
-        return torch.func.jvp(solve, primals, tangents)[1]
+        return _forward_mode(solve, primals, tangents)
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         problem, mode = ctx.problem, ctx.mode
         ys, *params = ctx.saved_tensors
-        differentiable = torch.is_grad_enabled()
+        differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
         adjoint = grad_ys[-1]
         grad_params = ys.new_zeros(sum(p.numel() for p in params))
@@ -500,3 +511,24 @@ class _AdjointSolve(torch.autograd.Function):
             for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
         ]
         return (None, None, None, adjoint, *grads)
+
+
+def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:
+    """The tangent of fn(*primals) by torch.func.jvp (inside a torch.func transform; the dual
+    level of torch.autograd.forward_ad does not nest and is refused)."""
+    if not under_transform():
+        raise TransformError(
+            "torch.autograd.forward_ad's dual tensors through the adjoint are not supported: "
+            "use torch.func.jvp (or jacfwd), or gradient='backprop'"
+        )
+    return torch.func.jvp(fn, primals, tangents)[1]
+
+
+def _bind(problem: Problem, names: list[str], values: Sequence[torch.Tensor]) -> Problem:
+    """The problem whose func (an nn.Module) is called with these values of its parameters."""
+    module, bound = problem.field.func, dict(zip(names, values, strict=True))
+
+    def func(t: torch.Tensor, state: Any) -> Any:
+        return torch.func.functional_call(module, bound, (t, state))
+
+    return replace(problem, field=FlatField(func, problem.layout, problem.stats))
