@@ -250,3 +250,18 @@ def test_refused_adjoint_double_backward_without_module() -> None:
     loss = odeint(lambda t, y: a * (y @ A.T), Y0, T, gradient=gradient, **TOL)[-1].sum()
     with pytest.raises(TransformError, match=r"needs func to be an nn\.Module"):
         torch.autograd.grad(loss, a, create_graph=True)
+
+
+def test_rosenbrock_reverse_transforms_and_refused_vmap() -> None:
+    func = Linear()
+    end = lambda y0: odeint(func, y0, T, method="rosenbrock23", **TOL)[-1]  # noqa: E731
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    torch.testing.assert_close(torch.func.jacrev(end)(Y0), phi, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TransformError, match="takes Jacobians by autograd"):
+        torch.func.vmap(end)(torch.stack([Y0, Y0]))
+
+
+def test_refused_implicit_methods_under_transforms() -> None:
+    end = lambda y0: odeint(Linear(), y0, T, method="trapezoid", options={"step_size": 0.1})  # noqa: E731
+    with pytest.raises(TransformError, match="'trapezoid' takes Jacobians by autograd"):
+        torch.func.jacrev(end)(Y0)

@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import TransformError
 from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
 from .controllers import AdaptiveController
+from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
 from .stats import PerSampleStats, SolverStats
 from .transforms import is_wrapped, truth, under_vmap, unwrap
@@ -31,8 +33,17 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
         return integrate_scipy(problem, y0)
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
-    if torch._C._functorch.peek_interpreter_stack() is not None and under_vmap():
-        return _integrate_vmapped(problem, y0, every)
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        vmapped = under_vmap()
+        if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
+            raise TransformError(
+                f"method {problem.method.name!r} takes Jacobians by autograd inside its steps, "
+                "which torch.func's transforms refuse (implicit Runge-Kutta methods under any "
+                "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
+                "torch.autograd.grad (create_graph=True) instead of the transform"
+            )
+        if vmapped:
+            return _integrate_vmapped(problem, y0, every)
     f0 = problem.first_derivative(y0)
     if len(problem.times) == 1:
         return y0[None]
