@@ -162,6 +162,10 @@ class Model(torch.nn.Module):
 @pytest.mark.parametrize("mode", MODES)
 def test_jacobians_in_parameters_functional_call(mode: str) -> None:
     model = Model(mode)
+    sets = {"field.a": torch.tensor([0.3, 0.8, 2.5], dtype=torch.float64)}
+    batched = torch.func.vmap(lambda p: torch.func.functional_call(model, p, (Y0,)))(sets)
+    expected = torch.stack([torch.linalg.matrix_exp(a * A) @ Y0 for a in sets["field.a"]])
+    close(batched, expected, "dopri5")
     if mode == "adjoint":
         params = {"field.a": model.field.a.detach()}
         with pytest.raises(TransformError, match="with respect to func's parameters"):
