@@ -14,6 +14,7 @@ from .errors import (
     ODEInputError,
     SolverError,
     StepSizeUnderflowError,
+    TransformError,
 )
 from .events import EventNotFoundError, odeint_event
 from .gradients import Adjoint, Backprop, Checkpointed
@@ -38,6 +39,7 @@ __all__ = [
     "SolverStats",
     "StepSizeUnderflowError",
     "Tableau",
+    "TransformError",
     "odeint",
     "odeint_adjoint",
     "odeint_dense",

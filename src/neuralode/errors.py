@@ -30,3 +30,9 @@ class NonFiniteStateError(SolverError):
 class ConvergenceError(SolverError):
     """An implicit method's stage equations did not converge within ``max_iters`` Newton
     iterations (or gave NaN/Inf iterates) in a step."""
+
+
+class TransformError(RuntimeError):
+    """A derivative or transform this combination cannot compute correctly (a differentiable
+    backward pass, a torch.func transform, forward mode): refused rather than answered wrongly;
+    the message names the gradient mode or option to use instead."""

@@ -107,6 +107,18 @@ class RowArith:
         return step.to(like.dtype)[:, None]
 
 
+class VmapScalarArith(ScalarArith):
+    """One row under torch.func.vmap on a fixed grid: the one value asked of the state, whether
+    it is finite, is asked of all instances at once (their largest)."""
+
+    @staticmethod
+    def clock(x: torch.Tensor) -> float:
+        from .transforms import unwrap
+
+        return float(unwrap(x).max())
+
+
 SCALAR = ScalarArith()
+VMAP_SCALAR = VmapScalarArith()
 ROWS = RowArith()
 Arith = ScalarArith | RowArith

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ODEInputError
+from ..errors import ODEInputError, TransformError
 from .adams import Adams
 from .adams_method import MAX_ORDER, MIN_ORDER, AdamsMethod
 from .callbacks import Callbacks
@@ -39,6 +39,7 @@ from .state import COMPLEX, LOW_PRECISION, FlatField, State, StateLayout, Vector
 from .stats import SolverStats
 from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
+from .transforms import is_batched, unwrap
 
 GRID_OPTIONS = {"step_size", "grid", "grid_constructor", "interp", "perturb"}
 FIXED_ONLY_OPTIONS = {"interp", "perturb"}
@@ -284,6 +285,10 @@ def make_tolerance(
     if norm is not None:
         structure = functools.partial(layout.unflatten, cast=False)
     parts = tuple(layout.numels) if layout.is_tuple else None
+    if not (is_batched(rtol_flat) or is_batched(atol_flat)):
+        # constants: inside a torch.func transform, the plain tensors under its wrappers, so
+        # that the adjoint's Functions (run below the transform's level) can use them
+        rtol_flat, atol_flat = unwrap(rtol_flat), unwrap(atol_flat)
     return Tolerance(rtol_flat, atol_flat, norm, exact_zero, structure, parts, layout.is_complex)
 
 
@@ -332,7 +337,8 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
     # One reduction in the common case; the exact count only when something is off.
     if x.is_complex():
         x = torch.view_as_real(x.resolve_conj())
-    if math.isfinite(float(x.detach().float().sum())):
+    x = unwrap(x.detach())  # (every instance of a torch.func.vmap)
+    if math.isfinite(float(x.float().sum())):
         return
     bad = int((~torch.isfinite(x)).sum())
     if bad:
@@ -374,7 +380,12 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
         raise ODEInputError(
             f"t is on {t.device} but y0 is on {like.device}; put both on the same device"
         )
-    times = t.detach().double().tolist()
+    if is_batched(t):
+        raise TransformError(
+            "torch.func.vmap over the output times t is not supported: vmap over y0 or over "
+            "func's parameters, or solve at the union of the times"
+        )
+    times = unwrap(t.detach()).double().tolist()
     if not all(math.isfinite(time) for time in times):
         _check_finite(t, "t")
     if len(times) > 1:

@@ -11,10 +11,14 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .arith import ROWS, SCALAR
+from ..errors import TransformError
+from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
+from .controllers import AdaptiveController
+from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
 from .stats import PerSampleStats, SolverStats
+from .transforms import is_wrapped, truth, under_vmap, unwrap
 
 
 def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> torch.Tensor:
@@ -29,11 +33,38 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
         return integrate_scipy(problem, y0)
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        vmapped = under_vmap()
+        if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
+            raise TransformError(
+                f"method {problem.method.name!r} takes Jacobians by autograd inside its steps, "
+                "which torch.func's transforms refuse (implicit Runge-Kutta methods under any "
+                "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
+                "torch.autograd.grad (create_graph=True) instead of the transform"
+            )
+        if vmapped:
+            return _integrate_vmapped(problem, y0, every)
     f0 = problem.first_derivative(y0)
     if len(problem.times) == 1:
         return y0[None]
     loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, SCALAR,
                 problem.max_num_steps, problem.callbacks)  # fmt: skip
+    carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
+    carry = _drive(problem, loop, carry, every, None)
+    return _finish(problem, loop, carry)
+
+
+def _integrate_vmapped(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
+    """A solve under torch.func.vmap (see :mod:`neuralode.core.transforms`): adaptive steps on
+    the row loop, each instance its own steps; a fixed grid, whose steps do not depend on the
+    values, on one row as usual with the finiteness check asked of all instances at once."""
+    if isinstance(problem.controller, AdaptiveController):
+        return _integrate_rows(problem, y0, every)
+    f0 = problem.first_derivative(y0)
+    if len(problem.times) == 1:
+        return y0[None]
+    loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field,
+                VMAP_SCALAR, problem.max_num_steps, problem.callbacks)  # fmt: skip
     carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
     carry = _drive(problem, loop, carry, every, None)
     return _finish(problem, loop, carry)
@@ -63,7 +94,7 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
     first_dt = None
     if problem.first_step is not None:
         first_dt = torch.full((rows,), problem.first_step, dtype=torch.float64, device=y0.device)
-    if problem.execution.compiled and every is None:
+    if problem.execution.compiled and every is None and not under_vmap():
         result = solve_compiled(problem, loop, y_rows, first_dt)
         if result is None:  # could not be compiled (warned): the same solve, eagerly
             fallback = replace(problem, execution=replace(problem.execution, compiled=False))
@@ -89,7 +120,8 @@ def _drive(
     if every is None:
         return loop.run(carry, watch=problem.watch)
     segments = _Segments(problem, loop, every, per_iteration)
-    while bool(loop.running(carry)):
+    holds = truth if loop.arith.rows else bool
+    while holds(loop.running(carry)):
         carry = checkpoint(segments, carry, loop.stepper.snapshot(), use_reentrant=False)
     segments.forward_done = True
     return carry
@@ -147,6 +179,8 @@ def _finish_rows(problem: Problem, loop: Loop, carry: Carry, summary: torch.Tens
     """Rows: the statistics from the loop's summary (one host synchronisation); every row's
     counts for per-sample solves. ``n_accepted`` / ``n_rejected`` are those of the row that
     attempted the most steps and ``last_dt`` its last step."""
+    if is_wrapped(summary):  # under vmap: the largest counts of all instances
+        summary = unwrap(summary).reshape(-1, summary.numel()).amax(dim=0)
     iterations, accepted, rejected, last_dt, failed, behind = summary.tolist()
     per_iteration = _evaluations_per_iteration(loop)
     stats = problem.stats

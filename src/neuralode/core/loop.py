@@ -40,6 +40,7 @@ from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
 from .steppers import Field, Stepper, combine, dense_weights, hermite, interpolate
 from .tableau import Tableau
+from .transforms import is_wrapped, truth, unwrap
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED, NOT_CONVERGED = 0, 1, 2, 3, 4, 5
 """Row statuses: 0 while running or done, else why the row stopped short of the end (STOPPED:
@@ -222,6 +223,8 @@ class Loop:
             )
             h = arith.minimum(100 * h0, h1)
             h = arith.where(arith.isfinite(h) & (h > 0), h, 1e-6)
+            if arith.rows:  # (no tangent either: forward mode treats steps as constants)
+                h = h.detach()
             return arith.clip(h, self.controller.min_step, self.controller.max_step), finite
 
     # -- the iteration -----------------------------------------------------------------------
@@ -264,6 +267,8 @@ class Loop:
                 error = _error(tableau, ks, arith)
                 scale = self.controller.tolerance.scale(c.y, y1)
                 ratio = magnitude * self.controller.tolerance.ratio(arith, error, scale)
+                if arith.rows:  # (no tangent either: forward mode treats steps as constants)
+                    ratio = ratio.detach()
                 accept, dt, memory = self.controller.propose(
                     arith, ratio, magnitude, c.memory, active
                 )
@@ -334,7 +339,7 @@ class Loop:
 
             if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
                 return fill(c.outputs), None, f1
-            return (fill(c.outputs) if bool(passed.any()) else c.outputs), None, f1
+            return (fill(c.outputs) if truth(passed.any()) else c.outputs), None, f1
         if not accept:
             return c.outputs, c.next_output, f1
         times, first = self.times, c.next_output
@@ -406,7 +411,8 @@ class Loop:
         """Iterate eagerly while the loop runs (at most ``most`` iterations; until ``watch``,
         shown each accepted step, returns True); ``started`` is called as each begins."""
         done = 0
-        while (most is None or done < most) and bool(self.running(c)):
+        holds = truth if self.arith.rows else bool
+        while (most is None or done < most) and holds(self.running(c)):
             if started is not None:
                 started()
             c = self.attempt(c, watch)
@@ -452,6 +458,12 @@ class Loop:
         """The error of the first row that stopped short of the end (None if none did)."""
         status = c.status
         if self.arith.rows:
+            if any(is_wrapped(x) for x in (c.status, c.t, c.dt, c.accepted)):  # under vmap
+                fields = (c.status, c.t, c.dt, c.accepted, c.rejected)
+                status, t, dt, accepted, rejected = torch.broadcast_tensors(
+                    *(unwrap(x).reshape(-1) for x in fields)
+                )
+                c = c._replace(t=t, dt=dt, accepted=accepted, rejected=rejected)
             failed = (status != RUNNING).nonzero()
             if failed.numel() == 0:
                 return None

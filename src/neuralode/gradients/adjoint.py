@@ -32,7 +32,14 @@ from ..core.execution import integrate
 from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
-from ..errors import ODEInputError
+from ..core.transforms import (
+    differentiated_further,
+    is_batched,
+    is_wrapped,
+    under_transform,
+    unwrap,
+)
+from ..errors import ODEInputError, TransformError
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,14 @@ class Adjoint:
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
         params = self._params(problem)
-        return _AdjointSolve.apply(problem, self, y0, *params)
+        names = parameter_names(problem.field.func, params)
+        if under_transform() and any(is_wrapped(p) and not is_batched(p) for p in params):
+            raise TransformError(
+                "torch.func's grad and jvp transforms with respect to func's parameters "
+                "(functional_call) are not supported through the adjoint: use "
+                "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
+            )
+        return _AdjointSolve.apply(problem, self, names, y0, *params)
 
     def _scipy(self, problem: Problem) -> bool:
         """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
@@ -93,16 +107,36 @@ class Adjoint:
         params: Sequence[torch.Tensor],
         times: list[float],
         check_leaves: bool = False,
+        differentiable: bool = False,
+        names: list[str] | None = None,
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times, from the
         last time to the first. With ``check_leaves``, its first vector-Jacobian product warns
-        of tensors func depends on that require grad and are not in ``params``."""
+        of tensors func depends on that require grad and are not in ``params``. With
+        ``differentiable`` (a recorded backward pass: double backward), the products keep
+        their graph in y, a and the parameters. ``names``: the parameters' names in func (an
+        nn.Module), when ``params`` are not its tensors themselves (inside torch.func)."""
         size = problem.y0.numel()
         n_params = sum(p.numel() for p in params)
-        compiled = problem.execution.compiled and self.options is None
-        vector_jacobian = _functional_vjp(problem, params) if compiled else None
+        compiled = problem.execution.compiled and self.options is None and not differentiable
+        names = parameter_names(problem.field.func, params) if names is None else names
+        vector_jacobian = None
+        if compiled or differentiable:
+            vector_jacobian = _functional_vjp(problem, params, names)
+        if differentiable and vector_jacobian is None:
+            raise TransformError(
+                "a differentiable backward pass through the adjoint (create_graph=True, or a "
+                "torch.func transform) needs func to be an nn.Module whose trainable parameters "
+                "are the adjoint's (no other adjoint_params): use gradient='backprop' or "
+                "gradient='checkpoint' for this function"
+            )
         backward_method = self.method or problem.method
         scipy = self._scipy(problem)
+        if differentiable and scipy:
+            raise TransformError(
+                "the adjoint's backward solve by scipy_solver cannot be differentiated "
+                "(create_graph=True or a torch.func transform): pass adjoint_method='dopri5'"
+            )
         if vector_jacobian is None:
             compiled = False  # autograd.grad cannot be traced into the loop
             # An implicit Runge-Kutta method's Newton iterations take the augmented field's
@@ -181,7 +215,9 @@ class Adjoint:
             tightest = forward_value.min().expand(n_params)
             return torch.cat([forward_value, forward_value, tightest])
 
-        rtol, atol = augmented(self.rtol, forward.rtol), augmented(self.atol, forward.atol)
+        # (constants: a torch.func transform around the forward solve may have wrapped them)
+        forward_rtol, forward_atol = unwrap(forward.rtol), unwrap(forward.atol)
+        rtol, atol = augmented(self.rtol, forward_rtol), augmented(self.atol, forward_atol)
         return Tolerance(rtol, atol, exact_zero=bool((atol == 0).any()))
 
 
@@ -215,7 +251,7 @@ def _autograd_vjp(
     first product also looks, on the graph it differentiates anyway, for tensors that require
     grad and that f depends on other than y, t and ``params`` (see :func:`_warn_unlisted`).
     ``differentiable``: when y or v require grad (an implicit method taking the augmented
-    field's Jacobian), f and the products keep their graph in them (double backward)."""
+    field's Jacobian), f and the products keep their graph in them."""
     flat_field = problem.field
     pending = [check_leaves]
 
@@ -240,16 +276,27 @@ def _autograd_vjp(
     return vector_jacobian
 
 
-def _functional_vjp(problem: Problem, params: Sequence[torch.Tensor]) -> VectorJacobian | None:
-    """Vector-Jacobian products by torch.func.vjp, which torch.compile traces into the compiled
-    loop; only for an nn.Module func whose parameters are all the adjoint's (None otherwise)."""
-    layout, func = problem.layout, problem.field.func
+def parameter_names(func: Any, params: Sequence[torch.Tensor]) -> list[str] | None:
+    """The names of ``params`` in the nn.Module ``func`` (None if func is no module or one of
+    them is not its parameter)."""
     if not isinstance(func, torch.nn.Module):
         return None
     names = {id(p): name for name, p in func.named_parameters()}
     if not all(id(p) in names for p in params):
         return None
-    param_names = [names[id(p)] for p in params]
+    return [names[id(p)] for p in params]
+
+
+def _functional_vjp(
+    problem: Problem, params: Sequence[torch.Tensor], param_names: list[str] | None
+) -> VectorJacobian | None:
+    """Vector-Jacobian products by torch.func.vjp, which torch.compile traces into the compiled
+    loop and which keeps its graph for a differentiable backward pass (its derivatives stop at
+    y and the parameters); only for an nn.Module func whose parameters are all the adjoint's,
+    named ``param_names`` (None otherwise)."""
+    layout, func = problem.layout, problem.field.func
+    if param_names is None:
+        return None
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
         def call(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
@@ -379,21 +426,66 @@ def _warn_unlisted(candidates: list[weakref.ref]) -> None:
 
 
 class _AdjointSolve(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any, problem: Problem, mode: Adjoint, y0: torch.Tensor, *params: torch.Tensor
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            ys = integrate(problem, y0)
-        ctx.problem, ctx.mode = problem, mode
-        ctx.save_for_backward(ys, *params)
-        return ys
+    """The solve with the adjoint's backward pass. Written with ``setup_context`` so that
+    torch.func's transforms (grad, vjp, jacrev, vmap through the generated rule) apply; the
+    backward pass is differentiable when autograd records it (``create_graph=True``, or any
+    torch.func transform, which always records): the backward solve then runs under autograd
+    (its vector-Jacobian products keep their graph) and the saved solution is the forward's
+    output, so that a second derivative flows back through this Function again."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def forward(
+        problem: Problem, mode: Adjoint, names: Any, y0: torch.Tensor, *params: torch.Tensor
+    ) -> Any:
+        with torch.no_grad():
+            return integrate(problem, y0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        problem, mode, names, y0, *params = inputs
+        ctx.problem, ctx.mode, ctx.names = problem, mode, names
+        ctx.save_for_backward(output, *params)
+        ctx.save_for_forward(y0, *params)
+
+    @staticmethod
+    def jvp(ctx: Any, _p: None, _m: None, _n: None, y0_t: Any, *param_ts: Any) -> torch.Tensor:
+        """Forward mode: the tangent of the forward solve itself (forward-mode differentiation
+        of its steps, as with gradient='backprop'), with respect to y0 and the parameters."""
+        problem, names = ctx.problem, ctx.names
+        y0, *params = ctx.saved_tensors
+        moving = [i for i, tangent in enumerate(param_ts) if tangent is not None]
+        if moving and names is None:
+            raise TransformError(
+                "forward mode through the adjoint with respect to func's parameters needs func "
+                "to be an nn.Module whose trainable parameters are the adjoint's: use "
+                "gradient='backprop'"
+            )
+        y0_t = torch.zeros_like(y0) if y0_t is None else y0_t
+        if not moving:
+            return _forward_mode(lambda y: integrate(problem, y), (y0,), (y0_t,))
+        assert names is not None
+        chosen = [names[i] for i in moving]
+
+        def solve(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            bound = dict(zip(chosen, values, strict=True))
+            module = problem.field.func
+
+            def func(t: torch.Tensor, state: Any) -> Any:
+                return torch.func.functional_call(module, bound, (t, state))
+
+            return integrate(_bind(problem, chosen, values), y)
+
+        primals = (y0, *(params[i] for i in moving))
+        tangents = (y0_t, *(param_ts[i] for i in moving))
+        return _forward_mode(solve, primals, tangents)
+
+    @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         problem, mode = ctx.problem, ctx.mode
         ys, *params = ctx.saved_tensors
+        differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
         adjoint = grad_ys[-1]
         grad_params = ys.new_zeros(sum(p.numel() for p in params))
@@ -403,8 +495,12 @@ class _AdjointSolve(torch.autograd.Function):
                 params,
                 [problem.times[i], problem.times[i - 1]],
                 check_leaves=i == len(problem.times) - 1,
+                differentiable=differentiable,
+                names=ctx.names,
             )
             state = torch.cat([ys[i], adjoint, grad_params])
+            if not differentiable:
+                state = state.detach()
             end = integrate(backward, state)[-1]
             adjoint = end[size : 2 * size] + grad_ys[i - 1]
             grad_params = end[2 * size :]
@@ -414,4 +510,25 @@ class _AdjointSolve(torch.autograd.Function):
             g.view_as(p)
             for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
         ]
-        return (None, None, adjoint, *grads)
+        return (None, None, None, adjoint, *grads)
+
+
+def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:
+    """The tangent of fn(*primals) by torch.func.jvp (inside a torch.func transform; the dual
+    level of torch.autograd.forward_ad does not nest and is refused)."""
+    if not under_transform():
+        raise TransformError(
+            "torch.autograd.forward_ad's dual tensors through the adjoint are not supported: "
+            "use torch.func.jvp (or jacfwd), or gradient='backprop'"
+        )
+    return torch.func.jvp(fn, primals, tangents)[1]
+
+
+def _bind(problem: Problem, names: list[str], values: Sequence[torch.Tensor]) -> Problem:
+    """The problem whose func (an nn.Module) is called with these values of its parameters."""
+    module, bound = problem.field.func, dict(zip(names, values, strict=True))
+
+    def func(t: torch.Tensor, state: Any) -> Any:
+        return torch.func.functional_call(module, bound, (t, state))
+
+    return replace(problem, field=FlatField(func, problem.layout, problem.stats))

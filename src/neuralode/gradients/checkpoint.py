@@ -8,6 +8,7 @@ import torch
 
 from ..core.config import Problem
 from ..core.execution import integrate
+from ..core.transforms import under_transform
 from ..errors import ODEInputError
 
 
@@ -30,4 +31,8 @@ class Checkpointed:
             )
 
     def solve(self, problem: Problem, y0: torch.Tensor) -> torch.Tensor:
+        if under_transform():
+            # torch.func's transforms refuse the saved-tensor hooks of checkpointing: the same
+            # discrete gradient by backpropagation through the steps (memory not bounded)
+            return integrate(problem, y0)
         return integrate(problem, y0, every=self.every)

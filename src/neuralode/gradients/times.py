@@ -10,44 +10,88 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from ..core.config import Problem
+from ..core.transforms import differentiated_further, is_wrapped, under_transform
+from ..errors import TransformError
+
+_SECOND_ORDER = (
+    "second derivatives through the gradient with respect to the output times t are not "
+    "supported (the steps' times are constants of the solve): differentiate dL/dt by finite "
+    "differences, or detach t when only derivatives with respect to y0 or the parameters are "
+    "differentiated again"
+)
+_FORWARD = (
+    "forward mode (torch.func.jvp, jacfwd, forward_ad) with respect to the output times t is "
+    "not supported: take dL/dt by reverse mode (torch.autograd.grad)"
+)
 
 
 class _StartTimeGradient(torch.autograd.Function):
-    """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩."""
+    """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩; forward mode
+    with respect to t0 is refused."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, y0: torch.Tensor, t0: torch.Tensor, problem: Problem) -> torch.Tensor:
-        ctx.problem = problem
-        ctx.save_for_backward(y0)
+    def forward(y0: torch.Tensor, t0: torch.Tensor, problem: Problem) -> torch.Tensor:
         return y0.clone()
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        y0, t0, ctx.problem = inputs
+        ctx.save_for_backward(y0, t0)
+        ctx.save_for_forward(y0, t0)
+
+    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        (y0,) = ctx.saved_tensors
+        y0, _ = ctx.saved_tensors
+        if differentiated_further(grad, y0):
+            raise TransformError(_SECOND_ORDER)
         with torch.no_grad():
             f0 = ctx.problem.field(ctx.problem.times[0], y0).view(-1)
         return grad, -(grad * f0).sum(), None
 
+    @staticmethod
+    def jvp(ctx: Any, y0_t: Any, t0_t: Any, _: None) -> torch.Tensor:
+        y0, _ = ctx.saved_tensors
+        if t0_t is not None:
+            raise TransformError(_FORWARD)
+        return torch.zeros_like(y0) if y0_t is None else y0_t
+
 
 class _OutputTimeGradient(torch.autograd.Function):
     """Identity on the solution whose backward also returns dL/dt_i = ⟨dL/dy(t_i), f(t_i, y_i)⟩
-    for the output times after the first (the first is handled by :class:`_StartTimeGradient`)."""
+    for the output times after the first (the first is handled by :class:`_StartTimeGradient`);
+    forward mode with respect to t is refused."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        ctx: Any, solution: torch.Tensor, t: torch.Tensor, derivatives: torch.Tensor
-    ) -> torch.Tensor:
-        ctx.save_for_backward(derivatives)
+    def forward(solution: torch.Tensor, t: torch.Tensor, derivatives: torch.Tensor) -> Any:
         return solution.clone()
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        solution, _, derivatives = inputs
+        ctx.save_for_backward(solution, derivatives)
+        ctx.save_for_forward(derivatives)
+
+    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        solution, derivatives = ctx.saved_tensors
+        if differentiated_further(grad, solution):
+            raise TransformError(_SECOND_ORDER)
+        grad_t = (grad[1:] * derivatives[1:]).sum(dim=1)
+        return grad, torch.cat([grad_t.new_zeros(1), grad_t]), None
+
+    @staticmethod
+    def jvp(ctx: Any, solution_t: Any, t_t: Any, _: None) -> torch.Tensor:
         (derivatives,) = ctx.saved_tensors
-        grad_t = (grad * derivatives).sum(dim=1)
-        grad_t[0] = 0.0
-        return grad, grad_t, None
+        if t_t is not None:
+            raise TransformError(_FORWARD)
+        return torch.zeros_like(derivatives) if solution_t is None else solution_t
 
 
 def with_time_gradients(
@@ -56,6 +100,8 @@ def with_time_gradients(
     """``solve(problem, y0)`` (states (len(t), N)) with, when ``t`` requires grad, the
     exact-solution gradients with respect to the times attached."""
     if not t.requires_grad:
+        if _has_tangent(t):
+            raise TransformError(_FORWARD)
         return solve(problem, y0)
     moved = _StartTimeGradient.apply(y0, t[0], problem)
     solution = solve(problem, moved)
@@ -65,3 +111,11 @@ def with_time_gradients(
             [problem.field(time, y) for time, y in zip(problem.times, solution, strict=True)]
         )
     return _OutputTimeGradient.apply(solution, t, derivatives)
+
+
+def _has_tangent(t: torch.Tensor) -> bool:
+    """``t`` carries a forward-mode tangent (a dual tensor, or a torch.func jvp level's)."""
+    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+        return True
+    outer_batched = torch._C._functorch.is_batchedtensor(t)
+    return under_transform() and is_wrapped(t) and not t.requires_grad and not outer_batched

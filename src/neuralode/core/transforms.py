@@ -1,0 +1,84 @@
+"""What the solver needs to know about torch.func's transforms (vmap, grad, jvp) around it.
+
+Under ``torch.func.vmap`` every tensor of the solve is a batched tensor whose values differ per
+instance, and asking for a Python value (``bool``, ``float``, ``.tolist()``) is refused. The
+solve then runs the row loop (:data:`~neuralode.core.arith.ROWS`: (R,) clocks, masked updates),
+so that every instance keeps its own steps, and the only questions asked on the host, whether
+some row still runs and the final counts, are asked of all instances at once by unwrapping the
+batched tensor (:func:`truth`, :func:`unwrap`): one solve of the whole batch, each instance's
+steps those it takes alone. Outside any transform the check is one C call per solve.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._C import _functorch
+
+_VMAP = _functorch.TransformType.Vmap
+
+
+def under_transform() -> bool:
+    """Some torch.func transform (vmap, grad, jvp, ...) is active."""
+    return _functorch.peek_interpreter_stack() is not None
+
+
+def under_vmap() -> bool:
+    """torch.func.vmap is active (at any level)."""
+    if _functorch.peek_interpreter_stack() is None:
+        return False
+    return any(level.key() == _VMAP for level in _functorch.get_interpreter_stack() or ())
+
+
+def unwrap(x: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under torch.func's wrappers (every vmap instance's values, in one
+    tensor whose extra dimensions are the instances)."""
+    while _functorch.maybe_get_level(x) != -1:
+        x = _functorch.get_unwrapped(x)
+    return x
+
+
+def is_wrapped(x: torch.Tensor) -> bool:
+    """``x`` is a torch.func wrapper (batched or tracked by a transform)."""
+    return _functorch.maybe_get_level(x) != -1
+
+
+def truth(x: torch.Tensor) -> bool:
+    """``bool(x)`` of a 0-d bool tensor; for a batched one, whether it holds in some instance."""
+    if _functorch.maybe_get_level(x) == -1:
+        return bool(x)
+    return bool(unwrap(x).any())
+
+
+def is_batched(x: torch.Tensor) -> bool:
+    """``x`` is batched by a torch.func.vmap (at any level of its wrappers)."""
+    while _functorch.maybe_get_level(x) != -1:
+        if _functorch.is_batchedtensor(x):
+            return True
+        x = _functorch.get_unwrapped(x)
+    return False
+
+
+def differentiated_further(*tensors: torch.Tensor) -> bool:
+    """In a backward pass: its result will itself be differentiated. Autograd records it and,
+    below the torch.func grad level whose backward this is (if any), one of the tensors
+    requires grad or carries a tangent of an enclosing grad or jvp level (vmap's batching
+    alone does not count). A single torch.func.grad records every backward pass, yet nothing
+    differentiates it again: no."""
+    if not torch.is_grad_enabled():
+        return False
+    current = _functorch.maybe_current_level()
+    for x in tensors:
+        level = _functorch.maybe_get_level(x)
+        if current is not None and level == current and not _functorch.is_batchedtensor(x):
+            x = _functorch.get_unwrapped(x)  # this backward's own level
+        elif x.requires_grad:
+            return True
+        if _functorch.maybe_get_level(x) == -1 and x.requires_grad:
+            return True
+        while _functorch.maybe_get_level(x) != -1:
+            if not _functorch.is_batchedtensor(x):
+                return True
+            x = _functorch.get_unwrapped(x)
+        if x.requires_grad:
+            return True
+    return False

@@ -1,0 +1,271 @@
+"""Higher derivatives and torch.func transforms through the solve (issue 20): closed forms on
+y' = a·A y (float64) in every gradient mode, finite differences on a nonlinear field, and the
+combinations that are refused with TransformError."""
+
+import pytest
+import torch
+from torch.autograd import forward_ad
+
+from neuralode import Adjoint, TransformError, odeint
+
+MODES = ["backprop", "adjoint", "checkpoint"]
+METHODS = ["dopri5", "rk4"]
+TOL = {"rtol": 1e-11, "atol": 1e-12}
+A = torch.tensor([[-0.5, 1.0], [-1.0, -0.3]], dtype=torch.float64)
+T = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+
+class Linear(torch.nn.Module):
+    def __init__(self, a: float = 0.8) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.a * (y @ A.T)
+
+
+def options(method: str) -> dict | None:
+    return {"step_size": 0.01} if method == "rk4" else None
+
+
+def solve(func, y0, mode, method, t=T):
+    return odeint(func, y0, t, method=method, options=options(method), gradient=mode, **TOL)
+
+
+def close(x: torch.Tensor, y: torch.Tensor, method: str) -> None:
+    # rk4 with h = 0.01 is exact to ~1e-9 on this problem; dopri5 to its tolerance
+    tol = 1e-7 if method == "rk4" else 1e-8
+    torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+Y0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode", MODES)
+def test_jacobians_and_hessian_closed_form(mode: str, method: str) -> None:
+    func = Linear()
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)  # y(1) = Φ y0
+
+    def end(y0: torch.Tensor) -> torch.Tensor:
+        return solve(func, y0, mode, method)[-1]
+
+    close(torch.func.jacrev(end)(Y0), phi, method)
+    close(torch.func.jacfwd(end)(Y0), phi, method)
+    hessian = torch.func.hessian(lambda y0: end(y0).pow(2).sum())(Y0)
+    close(hessian, 2 * phi.T @ phi, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode", MODES)
+def test_double_backward_create_graph(mode: str, method: str) -> None:
+    """d²/da² Σ y(1) = Σ A² Φ y0 and the mixed d/dy0 (d/da Σ y(1)) = (A Φ)ᵀ 1."""
+    func = Linear()
+    y0 = Y0.clone().requires_grad_(True)
+    loss = solve(func, y0, mode, method)[-1].sum()
+    (grad_a,) = torch.autograd.grad(loss, func.a, create_graph=True)
+    second_a, mixed = torch.autograd.grad(grad_a, (func.a, y0))
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    close(grad_a.detach(), (A @ phi @ Y0).sum(), method)
+    close(second_a, (A @ A @ phi @ Y0).sum(), method)
+    close(mixed, (A @ phi).T @ torch.ones(2, dtype=torch.float64), method)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_physics_informed_loss_trains_through_dy_dy0(mode: str) -> None:
+    """A loss made of dy(1)/dy0 (create_graph) has the closed-form gradient in a."""
+    func = Linear()
+    y0 = Y0.clone().requires_grad_(True)
+    end = solve(func, y0, mode, "dopri5")[-1]
+    (sensitivity,) = torch.autograd.grad(end.sum(), y0, create_graph=True)  # Φᵀ 1
+    sensitivity.pow(2).sum().backward()
+    a = func.a.detach()
+    phi = torch.linalg.matrix_exp(a * A)
+    ones = torch.ones(2, dtype=torch.float64)
+    expected = 2 * (phi.T @ ones) @ ((A @ phi).T @ ones)
+    close(func.a.grad, expected, "dopri5")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_over_y0_equals_a_loop(mode: str, method: str) -> None:
+    """Instances of very different scales: each keeps its own steps, as solved alone."""
+    func = Linear()
+    batch = torch.tensor([[1.0, -2.0], [1e-3, 4.0], [300.0, 0.5], [0.0, 1e-6]], dtype=torch.float64)
+    vmapped = torch.func.vmap(lambda y0: solve(func, y0, mode, method))(batch)
+    loop = torch.stack([solve(func, y0, mode, method) for y0 in batch])
+    torch.testing.assert_close(vmapped, loop, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_over_parameters_equals_a_loop(mode: str) -> None:
+    func = Linear()
+    values = torch.tensor([0.3, 0.8, 2.5], dtype=torch.float64)
+    gradient = Adjoint(params=()) if mode == "adjoint" else mode
+
+    def with_a(a: torch.Tensor) -> torch.Tensor:
+        field = lambda t, y: torch.func.functional_call(func, {"a": a}, (t, y))  # noqa: E731
+        return odeint(field, Y0, T, gradient=gradient, **TOL)
+
+    vmapped = torch.func.vmap(with_a)(values)
+    loop = torch.stack([with_a(a) for a in values])
+    torch.testing.assert_close(vmapped, loop, rtol=1e-9, atol=1e-12)
+    for a, ys in zip(values, vmapped, strict=True):
+        close(ys[-1], torch.linalg.matrix_exp(a * A) @ Y0, "dopri5")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_example_gradients_vmap_of_grad(mode: str) -> None:
+    func = Linear()
+    batch = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-4.0, 0.1]], dtype=torch.float64)
+    per_example = torch.func.vmap(
+        torch.func.grad(lambda y0: solve(func, y0, mode, "dopri5")[-1].pow(2).sum())
+    )(batch)
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    close(per_example, 2 * batch @ phi.T @ phi, "dopri5")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_mode_jvp_and_dual_tensors(mode: str) -> None:
+    func = Linear()
+    tangent = torch.tensor([0.3, 1.0], dtype=torch.float64)
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    _, out_tangent = torch.func.jvp(
+        lambda y0: solve(func, y0, mode, "dopri5")[-1], (Y0,), (tangent,)
+    )
+    close(out_tangent, phi @ tangent, "dopri5")
+    if mode == "adjoint":
+        with (
+            forward_ad.dual_level(),
+            pytest.raises(TransformError, match="forward_ad's dual tensors"),
+        ):
+            solve(func, forward_ad.make_dual(Y0, tangent), mode, "dopri5")
+        return
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(Y0, tangent)
+        close(
+            forward_ad.unpack_dual(solve(func, dual, mode, "dopri5")[-1]).tangent,
+            phi @ tangent,
+            "dopri5",
+        )
+
+
+class Model(torch.nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.field, self.mode = Linear(), mode
+
+    def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        return odeint(self.field, y0, T, gradient=self.mode, **TOL)[-1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_jacobians_in_parameters_functional_call(mode: str) -> None:
+    model = Model(mode)
+    sets = {"field.a": torch.tensor([0.3, 0.8, 2.5], dtype=torch.float64)}
+    batched = torch.func.vmap(lambda p: torch.func.functional_call(model, p, (Y0,)))(sets)
+    expected = torch.stack([torch.linalg.matrix_exp(a * A) @ Y0 for a in sets["field.a"]])
+    close(batched, expected, "dopri5")
+    if mode == "adjoint":
+        params = {"field.a": model.field.a.detach()}
+        with pytest.raises(TransformError, match="with respect to func's parameters"):
+            torch.func.jacrev(lambda p: torch.func.functional_call(model, p, (Y0,)))(params)
+        return
+    params = {"field.a": model.field.a.detach()}
+    end = lambda p: torch.func.functional_call(model, p, (Y0,))  # noqa: E731
+    expected = A @ torch.linalg.matrix_exp(params["field.a"] * A) @ Y0
+    close(torch.func.jacfwd(end)(params)["field.a"], expected, "dopri5")
+    close(torch.func.jacrev(end)(params)["field.a"], expected, "dopri5")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_time_gradients_first_order_and_forward_mode(mode: str) -> None:
+    """dy(t1)/dt1 = f(t1, y(t1)) by reverse mode; forward mode in t is refused."""
+    func = Linear()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    end = lambda t: solve(func, Y0, mode, "dopri5", t)[-1].sum()  # noqa: E731
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    f1 = (func.a.detach() * A @ phi @ Y0).sum()
+    expected = torch.stack([-f1, f1])  # an autonomous field: y(t1) depends on t1 - t0
+    times = t.clone().requires_grad_(True)
+    close(torch.autograd.grad(end(times), times)[0], expected, "dopri5")
+    with pytest.raises(TransformError, match=r"forward mode .* with respect to the output times"):
+        torch.func.jacfwd(end)(t)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hessian_vector_product_nonlinear_matches_finite_differences(mode: str) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+    ).double()
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.net(y)
+
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=torch.float64)
+    params = list(field.parameters())
+    v = [torch.randn_like(p) for p in params]
+
+    def grads() -> list[torch.Tensor]:
+        loss = odeint(field, y0, T, gradient=mode, **TOL)[-1].pow(2).sum()
+        return list(torch.autograd.grad(loss, params, create_graph=True))
+
+    g = grads()
+    hvp = torch.autograd.grad(g, params, v)
+    eps = 1e-5
+    shifted = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, d in zip(params, v, strict=True):
+                p.add_(sign * eps * d)
+        shifted.append([x.detach() for x in grads()])
+        with torch.no_grad():
+            for p, d in zip(params, v, strict=True):
+                p.sub_(sign * eps * d)
+    for h, plus, minus in zip(hvp, *shifted, strict=True):
+        torch.testing.assert_close(h, (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+def test_refused_vmap_over_times() -> None:
+    times = torch.stack([T, 2 * T])
+    with pytest.raises(TransformError, match="vmap over the output times t is not supported"):
+        torch.func.vmap(lambda t: odeint(Linear(), Y0, t))(times)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_refused_second_derivative_in_times(mode: str) -> None:
+    func = Linear()
+    with pytest.raises(
+        TransformError, match=r"(second derivatives|forward mode).* the output times t"
+    ):
+        torch.func.hessian(lambda t: solve(func, Y0, mode, "dopri5", t)[-1].sum())(T)
+
+
+def test_refused_adjoint_double_backward_without_module() -> None:
+    a = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    gradient = Adjoint(params=(a,))
+    loss = odeint(lambda t, y: a * (y @ A.T), Y0, T, gradient=gradient, **TOL)[-1].sum()
+    with pytest.raises(TransformError, match=r"needs func to be an nn\.Module"):
+        torch.autograd.grad(loss, a, create_graph=True)
+
+
+def test_rosenbrock_reverse_transforms_and_refused_vmap() -> None:
+    func = Linear()
+    end = lambda y0: odeint(func, y0, T, method="rosenbrock23", **TOL)[-1]  # noqa: E731
+    phi = torch.linalg.matrix_exp(func.a.detach() * A)
+    torch.testing.assert_close(torch.func.jacrev(end)(Y0), phi, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TransformError, match="takes Jacobians by autograd"):
+        torch.func.vmap(end)(torch.stack([Y0, Y0]))
+
+
+def test_refused_implicit_methods_under_transforms() -> None:
+    end = lambda y0: odeint(Linear(), y0, T, method="trapezoid", options={"step_size": 0.1})  # noqa: E731
+    with pytest.raises(TransformError, match="'trapezoid' takes Jacobians by autograd"):
+        torch.func.jacrev(end)(Y0)
