@@ -18,7 +18,7 @@ from .controllers import AdaptiveController
 from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
 from .stats import PerSampleStats, SolverStats
-from .transforms import is_wrapped, truth, under_vmap, unwrap
+from .transforms import is_wrapped, truth, under_transform, under_vmap, unwrap
 
 
 def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> torch.Tensor:
@@ -33,7 +33,8 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
         return integrate_scipy(problem, y0)
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
-    if torch._C._functorch.peek_interpreter_stack() is not None:
+    arith = SCALAR
+    if under_transform():
         vmapped = under_vmap()
         if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
             raise TransformError(
@@ -42,29 +43,16 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
                 "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
                 "torch.autograd.grad (create_graph=True) instead of the transform"
             )
-        if vmapped:
-            return _integrate_vmapped(problem, y0, every)
+        if vmapped and isinstance(problem.controller, AdaptiveController):
+            # (see neuralode.core.transforms) each instance its own adaptive steps, on rows
+            return _integrate_rows(problem, y0, every)
+        if vmapped:  # a fixed grid's steps do not depend on the values: one row, as usual, with
+            arith = VMAP_SCALAR  # the finiteness check asked of all instances at once
     f0 = problem.first_derivative(y0)
     if len(problem.times) == 1:
         return y0[None]
-    loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, SCALAR,
+    loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, arith,
                 problem.max_num_steps, problem.callbacks)  # fmt: skip
-    carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
-    carry = _drive(problem, loop, carry, every, None)
-    return _finish(problem, loop, carry)
-
-
-def _integrate_vmapped(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
-    """A solve under torch.func.vmap (see :mod:`neuralode.core.transforms`): adaptive steps on
-    the row loop, each instance its own steps; a fixed grid, whose steps do not depend on the
-    values, on one row as usual with the finiteness check asked of all instances at once."""
-    if isinstance(problem.controller, AdaptiveController):
-        return _integrate_rows(problem, y0, every)
-    f0 = problem.first_derivative(y0)
-    if len(problem.times) == 1:
-        return y0[None]
-    loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field,
-                VMAP_SCALAR, problem.max_num_steps, problem.callbacks)  # fmt: skip
     carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
     carry = _drive(problem, loop, carry, every, None)
     return _finish(problem, loop, carry)
