@@ -39,6 +39,7 @@ from .augmented_figures import plot_circles, plot_map1d
 from .common import (
     RUN_OPTIONS,
     add_device_arguments,
+    add_results_argument,
     add_run_arguments,
     run_config,
     start_training,
@@ -70,12 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="seeds --seed, --seed + 1, ..."
     )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=Path("runs/augmented"),
-        help="folder of the table and figures (results: update the committed ones)",
-    )
+    add_results_argument(parser, "runs/augmented", "table and figures")
     add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0, batch_option=False)
     add_device_arguments(parser)
 

@@ -28,6 +28,7 @@ from ..training import TensorBatches, Trainer
 from .common import (
     RUN_OPTIONS,
     add_device_arguments,
+    add_results_argument,
     add_run_arguments,
     run_config,
     start_training,
@@ -60,12 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="initial restitution guess",
     )
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=Path("runs/bouncing_ball"),
-        help="folder of the table and figure (results: update the committed ones)",
-    )
+    add_results_argument(parser, "runs/bouncing_ball", "table and figure")
     add_run_arguments(parser, "runs/bouncing_ball", checkpoint_every=60.0, batch_option=False)
     add_device_arguments(parser)
 

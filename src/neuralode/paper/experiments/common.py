@@ -105,6 +105,17 @@ def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def add_results_argument(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    """--results: the folder of a command's ``what`` (default ``default``, under runs/; pass
+    ``results`` to update the committed ones)."""
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path(default),
+        help=f"folder of the {what} (results: update the committed ones)",
+    )
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --seed and --threads."""
     parser.add_argument(
