@@ -50,7 +50,14 @@ def solve_both(func, y0, t, **kwargs):
     return eager, compiled
 
 
-@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize(
+    "method",  # (each compiles for 15-25 s: dopri5 in the default suite, the others slow)
+    [
+        "dopri5",
+        pytest.param("tsit5", marks=pytest.mark.slow),
+        pytest.param("bosh3", marks=pytest.mark.slow),
+    ],
+)
 def test_same_steps_and_states_as_eager(method: str) -> None:
     field = MLPField()
     y0 = torch.randn(16, 2, dtype=torch.float64)
@@ -62,6 +69,7 @@ def test_same_steps_and_states_as_eager(method: str) -> None:
     torch.testing.assert_close(ys_c, ys, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # (15 s of compiling)
 def test_accurate_against_the_analytic_solution_backwards_in_time() -> None:
     """y' = A y (rotation with decay) from t = 2 back to 0: y(t) = exp(A (t - 2)) y(2)."""
     a = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
@@ -105,7 +113,11 @@ def test_per_sample_steps_compiled_match_eager_per_sample() -> None:
     torch.testing.assert_close(ys_c, ys, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("solve", [odeint, odeint_adjoint], ids=["backprop", "adjoint"])
+@pytest.mark.parametrize(
+    "solve",  # (39 s each: the adjoint in the default suite, backprop slow)
+    [pytest.param(odeint, marks=pytest.mark.slow), odeint_adjoint],
+    ids=["backprop", "adjoint"],
+)
 def test_gradients_through_the_compiled_solves_equal_eager_ones(solve) -> None:
     """Backprop through the compiled loop; the adjoint with compiled forward and backward
     solves (vector-Jacobian products by torch.func inside the loop)."""
@@ -131,6 +143,7 @@ def test_float32_mlp_agrees_with_eager_to_rounding() -> None:
     torch.testing.assert_close(ys_c, ys, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # (34 s of compiling; the eager errors are tested in test_core, test_inputs)
 def test_errors_name_the_problem_and_the_time() -> None:
     t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     y0 = torch.ones(1, dtype=torch.float64)

@@ -72,7 +72,11 @@ def test_two_ranks_train_as_one_process_on_the_global_batch(tmp_path: Path) -> N
     assert log["gradient_bytes_per_step"] == 4 * parameters
 
 
-@pytest.mark.parametrize("gradient", ["adjoint", "backprop", "checkpoint"])
+@pytest.mark.parametrize(
+    "gradient",  # (12 s each: the adjoint in the default suite)
+    ["adjoint", pytest.param("backprop", marks=pytest.mark.slow),
+     pytest.param("checkpoint", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_adaptive_solves_with_different_step_counts_do_not_hang(
     tmp_path: Path, gradient: str
 ) -> None:
@@ -115,7 +119,13 @@ TRAIN_COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("experiment", sorted(TRAIN_COMMANDS))
+@pytest.mark.parametrize(
+    "experiment",  # (13 s each: mnist in the default suite, the others slow)
+    [
+        e if e == "mnist" else pytest.param(e, marks=pytest.mark.slow)
+        for e in sorted(TRAIN_COMMANDS)
+    ],
+)
 def test_every_train_command_runs_under_torchrun(tmp_path: Path, experiment: str) -> None:
     options = ["--epochs", "1", "--data-dir", MNIST] if experiment == "mnist" else []
     if experiment == "cnf":
