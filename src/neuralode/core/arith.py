@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .transforms import unwrap
+
 
 class ScalarArith:
     """Clock values as Python floats and bools (one row)."""
@@ -113,8 +115,6 @@ class VmapScalarArith(ScalarArith):
 
     @staticmethod
     def clock(x: torch.Tensor) -> float:
-        from .transforms import unwrap
-
         return float(unwrap(x).max())
 
 

@@ -18,7 +18,7 @@ from .controllers import AdaptiveController
 from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
 from .stats import PerSampleStats, SolverStats
-from .transforms import is_wrapped, truth, under_transform, under_vmap, unwrap
+from .transforms import is_wrapped, under_transform, under_vmap, unwrap
 
 
 def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> torch.Tensor:
@@ -108,8 +108,7 @@ def _drive(
     if every is None:
         return loop.run(carry, watch=problem.watch)
     segments = _Segments(problem, loop, every, per_iteration)
-    holds = truth if loop.arith.rows else bool
-    while holds(loop.running(carry)):
+    while loop.goes_on(carry):
         carry = checkpoint(segments, carry, loop.stepper.snapshot(), use_reentrant=False)
     segments.forward_done = True
     return carry

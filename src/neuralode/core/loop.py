@@ -237,6 +237,11 @@ class Loop:
             return active.any() & (c.iterations < self.max_num_steps)
         return active and c.iterations < self.max_num_steps
 
+    def goes_on(self, c: Carry) -> bool:
+        """:meth:`running` asked on the host (under vmap: of all instances at once)."""
+        holds = self.running(c)
+        return truth(holds) if self.arith.rows else bool(holds)
+
     def attempt(self, c: Carry, watch: Watch | None = None) -> Carry:
         """One attempted step of every row that is running (rows that are not step by 0)."""
         arith, direction, tableau = self.arith, self.direction, self.tableau
@@ -411,8 +416,7 @@ class Loop:
         """Iterate eagerly while the loop runs (at most ``most`` iterations; until ``watch``,
         shown each accepted step, returns True); ``started`` is called as each begins."""
         done = 0
-        holds = truth if self.arith.rows else bool
-        while (most is None or done < most) and holds(self.running(c)):
+        while (most is None or done < most) and self.goes_on(c):
             if started is not None:
                 started()
             c = self.attempt(c, watch)
