@@ -155,15 +155,18 @@ def test_bad_step_options_are_named(method: str, options: dict, message: str) ->
 def test_torchdiffeq_options_that_do_not_apply_are_ignored_with_a_warning(
     method: str, options: dict, ignored: list[str], kind: str
 ) -> None:
-    """torchdiffeq warns about an option its solver does not take and solves without it."""
+    """torchdiffeq warns about an option its solver does not take and solves without it: at
+    every call (also when the parsed settings are remembered), pointing at the caller."""
     kept = {key: value for key, value in options.items() if key not in ignored}
     message = (
         f"neuralode: option(s) {ignored} do not apply to method {method!r} on {kind}; ignored, "
         "as torchdiffeq ignores them"
     )
-    with pytest.warns(UserWarning) as caught:
-        got = odeint(smooth, Y0, T, method=method, options=options)
-    assert [str(w.message) for w in caught] == [message]
+    for _ in range(2):
+        with pytest.warns(UserWarning) as caught:
+            got = odeint(smooth, Y0, T, method=method, options=options)
+        assert [str(w.message) for w in caught] == [message]
+        assert caught[0].filename == __file__
     torch.testing.assert_close(got, odeint(smooth, Y0, T, method=method, options=kept),
                                rtol=0, atol=0)  # fmt: skip
 

@@ -41,7 +41,8 @@ from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
 from .transforms import is_batched, unwrap
 
-GRID_OPTIONS = {"step_size", "grid", "grid_constructor", "interp", "perturb"}
+GRID_GIVEN = {"step_size", "grid", "grid_constructor"}  # (any of these: a fixed grid)
+GRID_OPTIONS = {*GRID_GIVEN, "interp", "perturb"}
 FIXED_ONLY_OPTIONS = {"interp", "perturb"}
 ANY_OPTIONS = {"dtype"}  # torchdiffeq's time dtype: validated; time is float64 here anyway
 CONTROL_OPTIONS = {"first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
@@ -184,48 +185,149 @@ def make_problem(
         raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
     parts = _validate_y0(y0)
     times = _validate_t(t, parts[0])
-    scipy = isinstance(method, str) and method == SCIPY_METHOD
-    # (a scipy solve has no tableau of ours: the default one stands in, unused by solve_ivp)
-    tableau = resolve_method(None if scipy else method)
     options = dict(options or {})
     layout = StateLayout(y0)
-    stats = SolverStats()
-    flat_field = FlatField(func, layout, stats)
-    if scipy:
-        execution = Execution(scipy=_scipy_solver(options))
-        grid = None
-    else:
-        options = _applicable_options(options, tableau)
-        _check_time_dtype(options)
-        tableau = _adams_options(tableau, options)
-        execution = _execution(options, tableau, layout)
+    settings = solver_settings(method, rtol, atol, options, layout)
+    for note in settings.notes:
+        warnings.warn(note, UserWarning, stacklevel=4)
+    controller = settings.controller
+    if controller is None:
         grid = _grid_option(options, times, func, y0, t)
-        _check_landings(options, execution)
-    fixed = grid is not None or "step_size" in options or not tableau.adaptive
-    norm = None if scipy else options.get("norm")
-    tolerance = make_tolerance(layout, rtol, atol, norm, adaptive=not fixed)
-    controller: AdaptiveController | FixedGrid
-    if fixed:
-        interp, nudge = _interp_perturb(options, layout, tableau)
-        controller = make_grid(options.get("step_size"), grid, times, interp, nudge)
-    else:
-        controller = make_controller(tableau, tolerance, {} if scipy else options, layout)
+        controller = make_grid(options.get("step_size"), grid, times, *settings.grid_style)
+    stats = SolverStats()
+    execution = settings.execution
     return Problem(
         layout,
         layout.flatten(y0),
         times,
-        flat_field,
+        FlatField(func, layout, stats),
+        settings.method,
+        settings.tolerance,
+        controller,
+        execution,
+        settings.max_num_steps,
+        settings.first_step,
+        settings.jacobian_blocks,
+        settings.jacobian_every,
+        settings.max_iters,
+        callbacks=None if execution.scipy else _callbacks(func, layout, execution),
+        stats=stats,
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the method, the tolerances and the options make of a state's layout: everything of a
+    :class:`Problem` that depends on neither func, y0's values nor t (so it is built once per
+    distinct input; see :func:`solver_settings`).
+
+    Attributes:
+        controller: the adaptive controller, or None on a fixed grid (built per call: the grid
+            depends on t); ``grid_style`` is the grid's (interp, nudge).
+        notes: warnings to give at each call (options ignored as torchdiffeq ignores them).
+    """
+
+    method: Tableau
+    tolerance: Tolerance
+    controller: AdaptiveController | None
+    grid_style: tuple[str, Nudge | None]
+    execution: Execution
+    max_num_steps: int
+    first_step: float | None
+    jacobian_blocks: int
+    jacobian_every: int
+    max_iters: int
+    notes: tuple[str, ...]
+
+
+_SETTINGS: dict[Any, Settings] = {}
+_SETTINGS_BOUND = 256
+_PLAIN_OPTION = (bool, int, float, str, torch.dtype, type(None))
+
+
+def solver_settings(
+    method: str | Tableau | None,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    options: Mapping[str, Any],
+    layout: StateLayout,
+) -> Settings:
+    """The validated :class:`Settings`, remembered for inputs that are plain values (numbers,
+    strings, dtypes: not tensors or callables), so that repeated solves of one kind of problem,
+    as in training, parse them once."""
+    key = _settings_key(method, rtol, atol, options, layout)
+    settings = _SETTINGS.get(key) if key is not None else None
+    if settings is None:
+        settings = _make_settings(method, rtol, atol, options, layout)
+        if key is not None:
+            if len(_SETTINGS) >= _SETTINGS_BOUND:
+                _SETTINGS.clear()
+            _SETTINGS[key] = settings
+    return settings
+
+
+def _settings_key(
+    method: Any, rtol: Any, atol: Any, options: Mapping[str, Any], layout: StateLayout
+) -> Any:
+    """A hashable key of the inputs when they are all plain values (and no transform, trace or
+    inference mode would make the remembered tensors unfit elsewhere), else None."""
+    if not (_is_number(rtol) and _is_number(atol)):
+        return None
+    if not all(isinstance(value, _PLAIN_OPTION) for value in options.values()):
+        return None
+    if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        return None
+    shapes = tuple(tuple(shape) for shape in layout.shapes)
+    # (with each value's type: True == 1 == 1.0, but only 1 is a valid max_num_steps)
+    try:
+        given = tuple(sorted((key, type(value), value) for key, value in options.items()))
+        return hash(method), method, type(rtol), rtol, type(atol), atol, given, shapes, \
+            layout.dtype, layout.device, layout.is_tuple  # fmt: skip
+    except TypeError:  # (an unhashable method object, option names that do not sort)
+        return None
+
+
+def _make_settings(
+    method: str | Tableau | None,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    options: Mapping[str, Any],
+    layout: StateLayout,
+) -> Settings:
+    scipy = isinstance(method, str) and method == SCIPY_METHOD
+    # (a scipy solve has no tableau of ours: the default one stands in, unused by solve_ivp)
+    tableau = resolve_method(None if scipy else method)
+    notes: tuple[str, ...] = ()
+    if scipy:
+        execution = Execution(scipy=_scipy_solver(options))
+    else:
+        options, notes = _applicable_options(options, tableau)
+        _check_time_dtype(options)
+        tableau, adams_notes = _adams_options(tableau, options)
+        notes += adams_notes
+        execution = _execution(options, tableau, layout)
+        _check_landings(options, execution)
+    fixed = bool(GRID_GIVEN & set(options)) or not tableau.adaptive
+    norm = None if scipy else options.get("norm")
+    tolerance = make_tolerance(layout, rtol, atol, norm, adaptive=not fixed)
+    controller = None
+    grid_style: tuple[str, Nudge | None] = ("linear", None)
+    if fixed:
+        grid_style = _interp_perturb(options, layout, tableau)
+    else:
+        controller = make_controller(tableau, tolerance, {} if scipy else options, layout)
+    return Settings(
         tableau,
         tolerance,
         controller,
+        grid_style,
         execution,
         _positive_int(options, "max_num_steps", DEFAULT_MAX_NUM_STEPS),
         _first_step(options),
         layout.shapes[0][0] if options.get("jacobian") == "per_sample" else 1,
         _positive_int(options, "jacobian_every", 1),
         _positive_int(options, "max_iters", DEFAULT_MAX_ITERS),
-        callbacks=None if scipy else _callbacks(func, layout, execution),
-        stats=stats,
+        notes,
     )
 
 
@@ -461,24 +563,25 @@ def _check_derivative(f0: State, layout: StateLayout) -> None:
             )
 
 
-def _applicable_options(options: Mapping[str, Any], tableau: Tableau) -> dict[str, Any]:
-    """The options that apply to the method. A torchdiffeq option name that does not apply
-    (``max_order`` for dopri5, ``step_t`` on a fixed grid) is ignored with a warning, as
-    torchdiffeq ignores it; a name no method knows (a typo) is an error listing the valid ones,
-    and so is one of neuralode's own options that does not apply."""
+def _applicable_options(
+    options: Mapping[str, Any], tableau: Tableau
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The options that apply to the method, and the warnings to give. A torchdiffeq option name
+    that does not apply (``max_order`` for dopri5, ``step_t`` on a fixed grid) is ignored with a
+    warning, as torchdiffeq ignores it; a name no method knows (a typo) is an error listing the
+    valid ones, and so is one of neuralode's own options that does not apply."""
     valid = _check_option_names(options, tableau)
-    fixed = not tableau.adaptive or bool({"step_size", "grid", "grid_constructor"} & set(options))
+    fixed = not tableau.adaptive or bool(GRID_GIVEN & set(options))
     valid -= LANDING_OPTIONS if fixed else FIXED_ONLY_OPTIONS
     ignored = sorted(key for key in options if key not in valid)
+    notes: tuple[str, ...] = ()
     if ignored:
         kind = "a fixed grid" if fixed else "adaptive steps"
-        warnings.warn(
+        notes = (
             f"neuralode: option(s) {ignored} do not apply to method {tableau.name!r} on {kind}; "
             "ignored, as torchdiffeq ignores them",
-            UserWarning,
-            stacklevel=5,
         )
-    return {key: value for key, value in options.items() if key in valid}
+    return {key: value for key, value in options.items() if key in valid}, notes
 
 
 def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> set[str]:
@@ -521,11 +624,12 @@ def _check_option_names(options: Mapping[str, Any], tableau: Tableau) -> set[str
     return valid
 
 
-def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> Tableau:
+def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> tuple[Tableau, tuple[str, ...]]:
     """An Adams method with its options 'max_order' and 'max_iters' (validated) in it, so that
-    problems built from it (the adjoint's backward solve) step alike; other methods as given."""
+    problems built from it (the adjoint's backward solve) step alike; other methods as given.
+    And the warnings to give."""
     if not isinstance(tableau, AdamsMethod):
-        return tableau
+        return tableau, ()
     max_order = options.get("max_order", tableau.max_order)
     if (
         not isinstance(max_order, int)
@@ -536,17 +640,16 @@ def _adams_options(tableau: Tableau, options: Mapping[str, Any]) -> Tableau:
             f"option 'max_order' must be an integer from 1 to {MAX_ORDER} (the Adams history "
             f"holds max_order - 1 past derivatives), got {max_order!r}"
         )
+    notes: tuple[str, ...] = ()
     if max_order < MIN_ORDER:
-        warnings.warn(
+        notes = (
             f"neuralode: max_order={max_order} is below {MIN_ORDER}, so method "
             f"{tableau.name!r} reduces to rk4 (every step is an rk4 step), as in torchdiffeq",
-            UserWarning,
-            stacklevel=4,
         )
     max_iters = _positive_int(options, "max_iters", tableau.max_iters)
-    if (max_order, max_iters) == (tableau.max_order, tableau.max_iters):
-        return tableau
-    return dataclasses.replace(tableau, max_order=max_order, max_iters=max_iters)
+    if (max_order, max_iters) != (tableau.max_order, tableau.max_iters):
+        tableau = dataclasses.replace(tableau, max_order=max_order, max_iters=max_iters)
+    return tableau, notes
 
 
 def _check_time_dtype(options: Mapping[str, Any]) -> None:
@@ -567,7 +670,7 @@ def _check_time_dtype(options: Mapping[str, Any]) -> None:
 
 def _execution(options: Mapping[str, Any], tableau: Tableau, layout: StateLayout) -> Execution:
     execution = Execution(bool(options.get("per_sample")), bool(options.get("compile")))
-    fixed = sorted({"step_size", "grid", "grid_constructor"} & set(options))
+    fixed = sorted(GRID_GIVEN & set(options))
     if execution.per_sample:
         if layout.is_tuple or len(layout.shapes[0]) < 1:
             raise ODEInputError(
@@ -687,7 +790,7 @@ def _grid_option(
     """The fixed-step grid given by options 'step_size', 'grid' or 'grid_constructor'
     (called as torchdiffeq calls it: ``grid_constructor(func, y0, t)``), validated; else
     None."""
-    given_by = sorted({"step_size", "grid", "grid_constructor"} & set(options))
+    given_by = sorted(GRID_GIVEN & set(options))
     if len(given_by) > 1:
         raise ODEInputError(f"give one of options 'step_size', 'grid', 'grid_constructor', not "
                             f"{given_by}")  # fmt: skip
