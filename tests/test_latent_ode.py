@@ -12,6 +12,7 @@ import torch
 from neuralode.nn import GapRNN, LatentODE, SolverConfig, gaussian_kl
 from neuralode.paper.cli import main
 from neuralode.paper.data.spirals import TIMES, WINDOW, make_spirals
+from neuralode.paper.experiments.latent import encoder_view
 
 
 def test_spirals_shapes_masks_and_directions() -> None:
@@ -80,15 +81,34 @@ def test_loss_falls_and_extrapolation_is_finite() -> None:
     assert predictions.shape == (64, 7, 2) and torch.isfinite(predictions).all()
 
 
+def test_the_encoder_sees_a_prefix_of_a_share_of_the_trajectories() -> None:
+    torch.manual_seed(0)
+    mask = torch.rand(400, WINDOW) < 0.3
+    assert torch.equal(encoder_view(mask, 0.0), mask)
+    seen = encoder_view(mask, 1.0)
+    assert not (seen & ~mask).any()  # only observed points
+    last_seen = torch.where(seen, torch.arange(WINDOW), -1).amax(dim=1)
+    hidden = mask & ~seen
+    first_hidden = torch.where(hidden, torch.arange(WINDOW), WINDOW).amin(dim=1)
+    assert (last_seen < first_hidden).all()  # what is hidden is a suffix
+    assert torch.equal(seen[:, : WINDOW // 4], mask[:, : WINDOW // 4])  # cut after a quarter
+    assert hidden.any(dim=1).float().mean() > 0.9
+    cropped = (encoder_view(mask, 0.5) != mask).any(dim=1).float().mean()
+    assert 0.35 < cropped < 0.55  # about half (less: a cut after the last point hides nothing)
+
+
 def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for model in ("latent_ode", "rnn"):
+    runs = (("latent_ode", "0", "obs30-latent_ode"), ("rnn", "0", "obs30-rnn"),
+            ("rnn", "1", "obs30-rnn-seed1"))  # fmt: skip
+    for model, seed, name in runs:
         args = ["latent", "train", "--model", model, "--epochs", "2", "--train-size", "40"]
-        args += ["--test-size", "10", "--tol", "1e-3", "--out", str(tmp_path / f"obs30-{model}")]
+        args += ["--test-size", "10", "--tol", "1e-3", "--out", str(tmp_path / name)]
+        args += ["--seed", seed, "--prefix-prob", "0.5"]
         assert main([*args, "--threads", "1"]) == 0
-        checkpoint = str(tmp_path / f"obs30-{model}" / "model.pt")
+        checkpoint = str(tmp_path / name / "model.pt")
         assert main(["latent", "eval", "--checkpoint", checkpoint, "--test-size", "10"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert result["run"] == f"obs30-{model}" and result["spirals"] == 10
+        assert result["run"] == name and result["spirals"] == 10
         assert result["rmse_interp"] > 0 and result["rmse_extrap"] > 0
     out = tmp_path / "results"
     args = ["latent", "report", "--runs", str(tmp_path), "--out", str(out), "--test-size", "10"]
@@ -96,6 +116,14 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rows = json.loads((out / "latent_ode.json").read_text())
     assert {row["model"] for row in rows} == {"latent_ode", "rnn"}
     table = (out / "latent_ode.md").read_text()
-    assert "| Latent ODE (field 20, lr 0.01) | 30 |" in table and "| 0.1642 |" in table  # paper
+    assert "| Latent ODE (field 20, lr 0.01, prefix 0.5) | 30 |" in table
+    assert "| 0.1642 |" in table  # the paper's
+    rnn = [row for row in rows if row["model"] == "rnn"]
+    rmse, extrap = [r["rmse"] for r in rnn], [r["rmse_extrap"] for r in rnn]
+    assert (
+        f"| RNN with time gaps (lr 0.01) | 30 | 2 | {sum(rmse) / 2:.4f} | "
+        f"{min(rmse):.4f}–{max(rmse):.4f} | 0.3937 | {sum(extrap) / 2:.4f} | "
+        f"{min(extrap):.4f}–{max(extrap):.4f} |"
+    ) in table
     for figure in ("latent_ode_spirals.png", "latent_ode_latents.png"):
         assert (out / figure).stat().st_size > 0

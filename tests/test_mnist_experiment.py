@@ -15,13 +15,19 @@ pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"MNIST not found at {
 
 def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = tmp_path / "runs"
-    for model in ("odenet", "mlp"):
+    for model, seed, folder in (
+        ("odenet", 0, "odenet"),
+        ("mlp", 0, "mlp"),
+        ("mlp", 1, "mlp-seed1"),
+    ):
         status = main(
             [
                 "mnist",
                 "train",
                 "--model",
                 model,
+                "--seed",
+                str(seed),
                 "--epochs",
                 "1",
                 "--limit",
@@ -33,7 +39,7 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                 "--data-dir",
                 str(DATA),
                 "--out",
-                str(runs / model),
+                str(runs / folder),
                 "--threads",
                 "1",
                 "--log-every",
@@ -41,7 +47,7 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
             ]
         )
         assert status == 0
-        assert (runs / model / "model.pt").exists()
+        assert (runs / folder / "model.pt").exists()
     capsys.readouterr()
 
     assert (
@@ -96,5 +102,12 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert by_model["odenet"]["test_error"] == evaluated["test_error"]
     assert [s["tol"] for s in report["odenet_tolerance_sweep"]] == [1e-2, 1e-3]
     assert (out / "mnist_adaptive.png").stat().st_size > 0
-    assert "| odenet |" in (out / "mnist.md").read_text()
-    assert (runs / "odenet.pt").exists() and (runs / "mlp.pt").exists()
+    assert [s["seed"] for s in by_model["odenet"]["seeds"]] == [0]
+    mlp_errors = [s["test_error"] for s in by_model["mlp"]["seeds"]]
+    assert [s["seed"] for s in by_model["mlp"]["seeds"]] == [0, 1]
+    table = (out / "mnist.md").read_text()
+    assert f"| odenet | {evaluated['test_error']:.2f}% | — | 1 |" in table
+    mean, low, high = sum(mlp_errors) / 2, min(mlp_errors), max(mlp_errors)
+    assert f"| mlp | {mean:.2f}% | {low:.2f}–{high:.2f}% | 2 |" in table
+    assert f"| mlp-seed1 | 1 | {mlp_errors[1]:.2f}% |" in table
+    assert all((runs / f"{name}.pt").exists() for name in ("odenet", "mlp", "mlp-seed1"))

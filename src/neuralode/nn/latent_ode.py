@@ -146,9 +146,17 @@ class LatentODE(nn.Module):
             self.latent_path(mean, times if predict_times is None else predict_times)
         )
 
-    def elbo(self, values: torch.Tensor, mask: torch.Tensor, times: torch.Tensor) -> ELBO:
-        """The ELBO with one reparameterised sample of z0 per trajectory."""
-        mean, logvar = self.encoder(values, mask, times)
+    def elbo(
+        self,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        times: torch.Tensor,
+        seen: torch.Tensor | None = None,
+    ) -> ELBO:
+        """The ELBO with one reparameterised sample of z0 per trajectory: q(z0 | the points of
+        ``seen``, by default all of ``mask``), scored on every point of ``mask``. Shapes:
+        values (batch, T, D), mask and seen (batch, T) bool, times (T,)."""
+        mean, logvar = self.encoder(values, mask if seen is None else seen, times)
         z0 = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         decoded = self.decoder(self.latent_path(z0, times))
         squared = (values - decoded).square().sum(-1) / self.obs_std**2

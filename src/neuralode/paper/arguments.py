@@ -71,6 +71,14 @@ def open_unit_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """A number from 0 to 1 (inclusive)."""
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return value
+
+
 def widths(text: str) -> str:
     """Comma-separated layer widths (integers >= 1), e.g. ``64,64,64``; returned as given."""
     try:

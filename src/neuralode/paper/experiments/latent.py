@@ -69,6 +69,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="hidden widths of the latent vector field, comma-separated (paper: 20)",
     )
     parser.add_argument("--tol", type=positive_float, default=1e-5, help="latent solve rtol = atol")
+    parser.add_argument(
+        "--prefix-prob",
+        type=arguments.probability,
+        default=0.0,
+        help="latent ODE: the share of training spirals whose encoder sees only the points "
+        "before a random cut in the window (all points are still scored): trains the latent "
+        "dynamics to carry a trajectory past what the encoder saw",
+    )
     add_run_arguments(parser, "runs/latent/obsN-MODEL", checkpoint_every=120.0)
     _add_common(parser)
 
@@ -137,8 +145,9 @@ def rmse_scores(predictions: torch.Tensor, spirals: Spirals) -> dict[str, float]
     }
 
 
-def make_loss(times: torch.Tensor):
-    """The training loss over a batch (values, mask) of window points, for either model."""
+def make_loss(times: torch.Tensor, prefix_prob: float = 0.0):
+    """The training loss over a batch (values, mask) of window points, for either model (see
+    ``--prefix-prob`` and :func:`encoder_view` for the latent ODE's)."""
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
         values, mask = batch
@@ -146,11 +155,24 @@ def make_loss(times: torch.Tensor):
         if isinstance(model, GapRNN):
             mse = model.loss(values, mask, t)
             return mse, {"mse": float(mse.detach())}
-        elbo = model.elbo(values, mask, t)
+        elbo = model.elbo(values, mask, t, seen=encoder_view(mask, prefix_prob))
         metrics = {"log_lik": float(elbo.log_likelihood.detach()), "kl": float(elbo.kl.detach())}
         return elbo.loss, metrics
 
     return loss_fn
+
+
+def encoder_view(mask: torch.Tensor, prefix_prob: float) -> torch.Tensor:
+    """The points the encoder sees: for a share ``prefix_prob`` of the trajectories (drawn from
+    torch's generator), only those before a cut drawn uniformly from the second to the last
+    quarter of the window; the others see all. mask (batch, T) bool → (batch, T) bool."""
+    if prefix_prob == 0.0:
+        return mask
+    batch, length = mask.shape
+    cut = torch.randint(length // 4, length, (batch, 1), device=mask.device)
+    prefix = torch.arange(length, device=mask.device) < cut
+    cropped = torch.rand(batch, 1, device=mask.device) < prefix_prob
+    return mask & (prefix | ~cropped)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -174,7 +196,7 @@ def train(args: argparse.Namespace) -> int:
         model,
         optimizer,
         data,
-        make_loss(spirals.times[window]),
+        make_loss(spirals.times[window], args.prefix_prob),
         out_dir=out,
         epochs=args.epochs,
         device=device,
@@ -198,7 +220,8 @@ def evaluate(args: argparse.Namespace) -> int:
     device = start_command(args)
     model, config = load_model(args.checkpoint, device)
     test = held_out_spirals(config, args.test_size)
-    name = f"obs{config['obs']}-{config['model']}"
+    seed = config.get("seed", 0)
+    name = f"obs{config['obs']}-{config['model']}" + (f"-seed{seed}" if seed else "")
     print(f"{name}: evaluating on {args.test_size:,} held-out spirals ({device})", flush=True)
     start = time.perf_counter()
     scores = rmse_scores(predict(model, test, device), test)

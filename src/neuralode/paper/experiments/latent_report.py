@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 "lr": config["lr"],
                 "seed": config["seed"],
                 "field_hidden": config.get("field_hidden") if config["model"] != "rnn" else None,
+                "prefix_prob": config.get("prefix_prob", 0.0) if config["model"] != "rnn" else 0.0,
                 "parameters": count_parameters(model),
                 "epochs": len(epochs),
                 "train_minutes": sum(e["seconds"] for e in epochs) / 60,
@@ -116,6 +117,7 @@ def format_table(rows: list[dict[str, Any]], test_size: int) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     order = {name: index for index, name in enumerate(MODEL_NAMES)}
+    lines[-2:-2] = [*_seed_summary(rows, order), "Every run:", ""]
     for r in sorted(rows, key=lambda r: (r["obs"], order[r["model"]])):
         paper = PAPER.get(r["model"])
         paper_value = f"{paper[OBSERVATIONS.index(r['obs'])]:.4f}" if paper else "—"
@@ -128,11 +130,38 @@ def format_table(rows: list[dict[str, Any]], test_size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _name(row: dict[str, Any]) -> str:
-    """The model, its latent field's widths and its learning rate."""
+def _seed_summary(rows: list[dict[str, Any]], order: dict[str, int]) -> list[str]:
+    """Lines of the table of recipes trained with several seeds: mean and range of the RMSEs."""
+    recipes: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        recipes.setdefault((r["obs"], order[r["model"]], _name(r, seed=False)), []).append(r)
+    lines = [
+        "Recipes trained with several seeds (seed s also draws the training spirals): mean and "
+        "range (min–max) over the seeds.",
+        "",
+        "| model | n | seeds | RMSE, mean | range | paper | extrapolation, mean | range |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (obs, _, name), runs in sorted(recipes.items()):
+        if len(runs) < 2:
+            continue
+        paper = PAPER.get(runs[0]["model"])
+        paper_value = f"{paper[OBSERVATIONS.index(obs)]:.4f}" if paper else "—"
+        cells = []
+        for key in ("rmse", "rmse_extrap"):
+            values = [r[key] for r in runs]
+            cells.append(f"{np.mean(values):.4f} | {min(values):.4f}–{max(values):.4f}")
+        lines.append(f"| {name} | {obs} | {len(runs)} | {cells[0]} | {paper_value} | {cells[1]} |")
+    return [*lines, ""]
+
+
+def _name(row: dict[str, Any], seed: bool = True) -> str:
+    """The model, its latent field's widths, its learning rate, its training prefix share and
+    (with ``seed``) its seed."""
     field = f"field {row['field_hidden']}, " if row["field_hidden"] else ""
-    seed = f", seed {row['seed']}" if row["seed"] else ""
-    return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g}{seed})"
+    prefix = f", prefix {row['prefix_prob']:g}" if row.get("prefix_prob") else ""
+    seeded = f", seed {row['seed']}" if seed and row["seed"] else ""
+    return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g}{prefix}{seeded})"
 
 
 def _main_runs(models: dict[str, tuple[Any, dict]]) -> dict[tuple[str, int], tuple[Any, dict]]:

@@ -1,10 +1,11 @@
 """The Table 1 report: ``neuralode mnist report`` turns trained runs into results/mnist.md.
 
-For every model with a finished run (``RUNS/<model>/model.pt``) it measures the test error on the
-full test set, the peak memory of one training step on a batch of 128 (in a fresh process), and
-reads the time per step and the NFE from the run's ``log.jsonl``. For the ODE-Net it also redoes
-the paper's adaptive-computation figures: NFE and test error against the solver tolerance, NFE
-over the training epochs, and backward against forward NFE.
+For every model with a finished run (``RUNS/<model>/model.pt``, and more seeds in
+``RUNS/<model>-seed<S>/``) it measures the test error of each run on the full test set (mean and
+range over the seeds), the peak memory of one training step on a batch of 128 (in a fresh
+process), and reads the time per step and the NFE from the run's ``log.jsonl``. For the ODE-Net
+it also redoes the paper's adaptive-computation figures: NFE and test error against the solver
+tolerance, NFE over the training epochs, and backward against forward NFE.
 """
 
 from __future__ import annotations
@@ -135,18 +136,27 @@ def run(args: argparse.Namespace) -> int:
         images, labels = images[: args.test_limit], labels[: args.test_limit]
     rows, sweep, odenet_log = [], [], None
     for name in MODELS:
-        path = args.runs / name / "model.pt"
-        if not path.exists():
+        folders = runs_of(args.runs, name)
+        if not folders:
             continue
+        seeds = []
+        for folder in folders:
+            seed_model, seed_config = load_model(folder / "model.pt", device)
+            seed_metrics = test_error(seed_model, images, labels, device)
+            seeds.append({"seed": seed_config.get("seed", 0), "folder": folder.name,
+                          "test_error": seed_metrics["test_error"]})  # fmt: skip
+            shutil.copyfile(folder / "model.pt", args.runs / f"{folder.name}.pt")
+            print(f"{folder.name}: test error {seed_metrics['test_error']:.2f}%", flush=True)
+        path = folders[0] / "model.pt"
         model, config = load_model(path, device)
-        epochs, steps = read_log(args.runs / name / "log.jsonl")
+        epochs, steps = read_log(folders[0] / "log.jsonl")
         last = epochs[-1]
-        metrics = test_error(model, images, labels, device)
         gradient = config.get("gradient", "backprop") if name in ADAPTIVE_MODELS else "backprop"
         row = {
             "model": name,
             "parameters": count_parameters(model),
-            **metrics,
+            "test_error": seeds[0]["test_error"],
+            "seeds": seeds,
             "epochs": len(epochs),
             "seconds_per_step": last["seconds"] / epochs[0]["step"],
             "nfe_forward": last["nfe_forward"],
@@ -155,8 +165,6 @@ def run(args: argparse.Namespace) -> int:
             "memory_mib": training_step_memory(name, gradient, torch.get_num_threads()),
         }
         rows.append(row)
-        shutil.copyfile(path, args.runs / f"{name}.pt")
-        print(f"{name}: test error {row['test_error']:.2f}%", flush=True)
         if name == "odenet":
             odenet_log = (epochs, steps)
             for tol in args.tolerances:
@@ -194,28 +202,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def runs_of(runs: Path, name: str) -> list[Path]:
+    """A model's finished run folders: ``RUNS/<model>`` (its first run, seed 0) and
+    ``RUNS/<model>-seed<S>``, in that order."""
+    folders = [runs / name, *sorted(runs.glob(f"{name}-seed*"), key=lambda p: p.name)]
+    return [folder for folder in folders if (folder / "model.pt").exists()]
+
+
 def format_table(rows: list[dict], sweep: list[dict], test_images: int) -> str:
     """results/mnist.md: the measured Table 1 beside the paper's, and the tolerance sweep."""
     lines = [
         "# MNIST: the paper's Table 1, measured here",
         "",
         f"Command: `neuralode mnist report` (test error on {test_images:,} test images). Training "
-        "runs: `neuralode mnist train --model MODEL` (see each run's config in its checkpoint).",
+        "runs: `neuralode mnist train --model MODEL --seed S` (see each run's config in its "
+        "checkpoint). Test error over the seeds trained: mean and range (min–max); the other "
+        "columns are of the first run (seed 0).",
         "",
-        "| model | test error | paper | parameters | paper | gradient | peak memory per training "
-        "batch of 128 | time per training step | forward NFE | backward NFE | epochs |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | test error, mean | range | seeds | paper | parameters | paper | gradient | "
+        "peak memory per training batch of 128 | time per training step | forward NFE | "
+        "backward NFE | epochs |",
+        "| --- " + "| ---: " * 6 + "| --- " + "| ---: " * 5 + "|",
     ]
     for r in rows:
         paper = PAPER[r["model"]]
         paper_error, paper_params = (f"{paper[0]:.2f}%", paper[1]) if paper else ("—", "—")
         solves = r["model"] in SOLVING_MODELS
         nfe = f"{r['nfe_forward']:.1f} | {r['nfe_backward']:.1f}" if solves else "— | —"
+        errors = [seed["test_error"] for seed in r["seeds"]]
+        spread = f"{min(errors):.2f}–{max(errors):.2f}%" if len(errors) > 1 else "—"
         lines.append(
-            f"| {r['model']} | {r['test_error']:.2f}% | {paper_error} | {r['parameters']:,} | "
-            f"{paper_params} | {r['gradient']} | {r['memory_mib']:.1f} MiB | "
-            f"{1e3 * r['seconds_per_step']:.0f} ms | {nfe} | {r['epochs']} |"
+            f"| {r['model']} | {sum(errors) / len(errors):.2f}% | {spread} | {len(errors)} | "
+            f"{paper_error} | {r['parameters']:,} | {paper_params} | {r['gradient']} | "
+            f"{r['memory_mib']:.1f} MiB | {1e3 * r['seconds_per_step']:.0f} ms | {nfe} | "
+            f"{r['epochs']} |"
         )
+    lines += ["", "## Each run", "", "| run | seed | test error |", "| --- | ---: | ---: |"]
+    lines += [
+        f"| {seed['folder']} | {seed['seed']} | {seed['test_error']:.2f}% |"
+        for r in rows
+        for seed in r["seeds"]
+    ]
     if sweep:
         lines += [
             "",
