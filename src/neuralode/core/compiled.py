@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .compile_cache import cached_compile
 from .config import Problem
 from .loop import Carry, Loop
 
@@ -105,20 +106,32 @@ def _compiled_run(key: Hashable) -> Any:
 def _backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], cpp_wrapper: bool) -> Any:
     """Inductor, with small matrix products fused and tanh from exp on the CPU, and the loop
     driven from C++ when no autograd graph is recorded (inductor's C++ wrapper cannot yet save
-    the loop's intermediates for backward)."""
+    the loop's intermediates for backward): on the CPU that solve is compiled ahead of time and
+    kept on disk (:mod:`neuralode.core.compile_cache`)."""
+    on_cpu = all(x.device.type == "cpu" for x in inputs if isinstance(x, torch.Tensor))
+    cpu_settings = {"cpp.use_decompose_tanh": True}
+    if cpp_wrapper and on_cpu:  # no autograd graph: compiled ahead of time, kept on disk
+        kept = cached_compile(graph, inputs, _cpu_decompositions, cpu_settings)
+        if kept is not None:
+            return kept
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
-    on_cpu = all(x.device.type == "cpu" for x in inputs if isinstance(x, torch.Tensor))
-    inductor_table = select_decomp_table()
-    decompositions = dict(inductor_table)
+    decompositions = dict(select_decomp_table())
     patches: dict[str, Any] = {}
     if on_cpu:
-        decompositions.update(_small_matmul_decompositions(inductor_table))
-        patches = {"cpp_wrapper": cpp_wrapper, "cpp.use_decompose_tanh": True}
+        decompositions.update(_cpu_decompositions())
+        patches = {"cpp_wrapper": cpp_wrapper, **cpu_settings}
     if not cpp_wrapper:  # the backward loop carries weight gradients in their own layout
         patches["layout_optimization"] = False
     return compile_fx(graph, inputs, decompositions=decompositions, config_patches=patches)
+
+
+def _cpu_decompositions() -> dict[Any, Any]:
+    """The decompositions added on the CPU (to inductor's own)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return _small_matmul_decompositions(select_decomp_table())
 
 
 def _small_matmul_decompositions(table: dict[Any, Any]) -> dict[Any, Any]:
