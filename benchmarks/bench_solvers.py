@@ -362,7 +362,7 @@ def markdown(rows: list[Row], env: dict[str, object]) -> str:
         "overhead",
         "speedup",
         "speedup/NFE",
-        "max|Δy|",
+        "max \\|Δy\\|",  # escaped: a bare | would split the cell
         "rounds",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

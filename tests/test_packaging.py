@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import neuralode
 
@@ -57,6 +61,29 @@ def test_library_needs_neither_matplotlib_nor_tqdm_nor_the_paper_code() -> None:
     result = run_python(without(*EXTRA) + LIBRARY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"  # nothing of them was imported
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in EXTRA),
+    reason="the extra is not installed",
+)
+def test_import_loads_neither_matplotlib_nor_tqdm_when_installed() -> None:
+    """With the extra installed, ``import neuralode`` and ``neuralode.nn`` load no module of it
+    beyond those torch loads itself (torch imports tqdm when it can)."""
+    code = """
+import json
+import sys
+import torch
+before = set(sys.modules)
+import neuralode
+import neuralode.nn
+print(json.dumps(sorted(
+    name for name in set(sys.modules) - before if name.split(".")[0] in ("matplotlib", "tqdm")
+)))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
 def test_command_line_without_the_extra_names_what_to_install() -> None:

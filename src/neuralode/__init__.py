@@ -21,7 +21,7 @@ from .gradients import Adjoint, Backprop, Checkpointed
 from .odeint import odeint, odeint_adjoint, odeint_dense
 from .solution import Solution, solve
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the version's one home: pyproject.toml reads it
 
 __all__ = [
     "METHODS",

@@ -50,7 +50,8 @@ def odeint_event(
     """Solve dy/dt = func(t, y) from (t0, y0) until ``event_fn(t, y)`` crosses zero.
 
     Args:
-        func, y0: as for :func:`~neuralode.odeint`.
+        func: the vector field, as for :func:`~neuralode.odeint`.
+        y0: the initial state, as for :func:`~neuralode.odeint`.
         t0: the start time, 0-d or of shape (1,).
         event_fn: g(t, y) → a one-element tensor; a zero at t0 itself is not an event. Where g
             does not change along the solution at the event (dg/dt = 0, e.g. an event function

@@ -47,7 +47,8 @@ class Adjoint:
     """The adjoint sensitivity method (torchdiffeq's ``odeint_adjoint``).
 
     Args:
-        rtol, atol: tolerances of the backward solve (default: the forward ones).
+        rtol: relative tolerance of the backward solve (default: the forward one).
+        atol: absolute tolerance of the backward solve (default: the forward one).
         method: method of the backward solve (default: the forward one).
         options: options of the backward solve, parsed as ``odeint``'s (default: the forward
             problem's controller and execution); ``"norm": "seminorm"`` leaves the

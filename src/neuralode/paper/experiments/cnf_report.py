@@ -199,8 +199,8 @@ def _setup(rows: list[dict[str, Any]]) -> str:
     batches = sorted({r["batch_size"] for r in flat})
     tols = sorted({r["tol"] for r in flat if r["tol"] is not None})
     return (
-        "Made by `neuralode cnf report` from the runs of `neuralode cnf train` (commands in the "
-        "README). 2-D runs: Adam, learning rate 1e-3, weight decay 1e-5, "
+        "Made by `neuralode cnf report` from the runs of `neuralode cnf train` (commands in "
+        "docs/experiments/cnf.md). 2-D runs: Adam, learning rate 1e-3, weight decay 1e-5, "
         f"{' / '.join(f'{i:,}' for i in iterations)} iterations of batch "
         f"{' / '.join(str(b) for b in batches)} (fresh samples each iteration, seeded), the same "
         "for every model. CNF: FFJORD's concat-squash MLP field (tanh; hidden widths in its "
