@@ -1,0 +1,128 @@
+"""The first compiled solve of a new process: compiled there (cold), loaded from the compile cache
+(warm), and with the cache off. Writes results/compile_cache.md and .json.
+
+Each case runs in fresh processes, in this order: with an empty cache folder (cold: the solve is
+compiled and kept), again with that folder (warm: loaded), and with ``NEURALODE_COMPILE_CACHE=off``
+(compiled by torch.compile as before the cache). Times are wall seconds of the first
+``odeint(..., options={"compile": True})`` call in the process (after ``import neuralode`` and
+building the field), its median over ``--rounds`` rounds, and the import time.
+
+    python benchmarks/bench_compile_cache.py [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_solvers import environment
+
+CHILD = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+import neuralode
+imported = time.perf_counter() - started
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+batch = {batch}
+net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+y0, t = torch.randn(batch, 2), torch.linspace(0, 1, 2)
+options = {{"compile": True, "per_sample": {per_sample}}}
+def solve():
+    with torch.no_grad():
+        return neuralode.odeint(lambda t, y: net(y), y0, t, rtol=1e-6, atol=1e-6, options=options)
+start = time.perf_counter()
+solve()
+first = time.perf_counter() - start
+start = time.perf_counter()
+for _ in range(20):
+    solve()
+later = (time.perf_counter() - start) / 20
+print(json.dumps({{"import_s": imported, "first_s": first, "later_ms": 1e3 * later}}))
+"""
+
+CASES = {
+    "MLP 2-64-2, batch 1": {"batch": 1, "per_sample": False},
+    "MLP 2-64-2, batch 256": {"batch": 256, "per_sample": False},
+    "MLP 2-64-2, batch 256, per-sample steps": {"batch": 256, "per_sample": True},
+}
+MODES = ("cold", "warm", "off")
+
+
+def first_call(case: dict, cache: str, threads: int) -> dict:
+    """One fresh process's import time, first compiled call and later calls."""
+    env = {**os.environ, "NEURALODE_COMPILE_CACHE": cache}
+    code = CHILD.format(threads=threads, **case)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(rounds: int, threads: int) -> list[dict]:
+    rows = []
+    for name, case in CASES.items():
+        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for _ in range(rounds):
+            with tempfile.TemporaryDirectory() as folder:
+                runs["cold"].append(first_call(case, folder, threads))
+                runs["warm"].append(first_call(case, folder, threads))
+            runs["off"].append(first_call(case, "off", threads))
+        row = {"case": name}
+        for mode, results in runs.items():
+            for key in ("import_s", "first_s", "later_ms"):
+                row[f"{mode}_{key}"] = statistics.median(r[key] for r in results)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict], rounds: int, threads: int) -> str:
+    setting = environment(threads)
+    lines = [
+        "# The first compiled solve of a new process",
+        "",
+        f"- `python benchmarks/bench_compile_cache.py --rounds {rounds} --threads {threads}`; "
+        f"{setting['date']}; {setting['cpu']} ({setting['cpu_count']} cores, load average "
+        f"{setting['load_average_1min_start']} at the start); torch {setting['torch']}",
+        "- Fresh processes per case: cold (empty cache folder: compiled and kept), warm (the same "
+        "folder: loaded), cache off (torch.compile in the process, as before the cache). Median "
+        f"over {rounds} rounds of the first `odeint(..., options={{'compile': True}})` call's "
+        "wall time (dopri5, rtol = atol = 1e-6, float32, under `torch.no_grad()`), and of later "
+        "calls.",
+        "",
+        "| case | first call, cold (s) | first call, warm (s) | first call, cache off (s) | "
+        "later calls, warm (ms) | later calls, cache off (ms) | import neuralode (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['cold_first_s']:.2f} | {r['warm_first_s']:.2f} | "
+            f"{r['off_first_s']:.2f} | {r['warm_later_ms']:.3f} | {r['off_later_ms']:.3f} | "
+            f"{r['warm_import_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="where to write")
+    args = parser.parse_args()
+    rows = measure(args.rounds, args.threads)
+    text = table(rows, args.rounds, args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compile_cache.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.out / "compile_cache.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
