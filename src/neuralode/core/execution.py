@@ -27,6 +27,14 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     start of each segment of that many iterations and reruns the segment in the backward pass
     (gradient checkpointing; reruns are counted as backward work)."""
     execution = problem.execution
+    if problem.batched_times is not None and not _on_instance_clocks(problem):
+        raise TransformError(
+            "torch.func.vmap over the output times t gives each instance its own clock on the "
+            "row loop of adaptive explicit methods; fixed grids, implicit methods and "
+            f"scipy_solver step all instances on one clock (method {problem.method.name!r}): "
+            "use an adaptive method such as 'dopri5' without step_size or grid, or solve at "
+            "the union of the times and vmap over y0 or func's parameters"
+        )
     if execution.scipy is not None:
         from .scipy_execution import integrate_scipy  # (imports scipy only for such solves)
 
@@ -70,7 +78,14 @@ def row_loop(problem: Problem) -> Loop:
         return problem.field.rows(t, y, per_sample)
 
     loop = Loop(problem.stepper(), controller, problem.times, field, ROWS, problem.max_num_steps)
-    return loop.on(problem.y0.device)
+    return loop.on(problem.y0.device, problem.batched_times)
+
+
+def _on_instance_clocks(problem: Problem) -> bool:
+    """The problem runs on the row loop, whose (R,) clock may hold each vmap instance's times:
+    an adaptive explicit method of neuralode's own."""
+    adaptive = isinstance(problem.controller, AdaptiveController)
+    return adaptive and not problem.method.implicit and problem.execution.scipy is None
 
 
 def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:

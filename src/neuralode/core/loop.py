@@ -149,15 +149,19 @@ class Loop:
         self.landings = None if fixed or arith.rows else controller.landings
         self.nudge = controller.nudge if fixed else getattr(self.landings, "nudge", None)
 
-    def on(self, device: torch.device) -> Loop:
+    def on(self, device: torch.device, times: torch.Tensor | None = None) -> Loop:
         """Rows: the output times and end as float64 tensors on ``device`` (separate tensors:
-        views of one would alias inside the compiled loop)."""
-        self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
-        self.t_end = torch.tensor(self.times[-1], dtype=torch.float64, device=device)
+        views of one would alias inside the compiled loop). ``times``: the output times as a
+        float64 (T,) tensor where the floats are not every instance's (torch.func.vmap over t:
+        each instance its own times, end and resolution; the direction is shared)."""
+        if times is None:
+            times = torch.tensor(self.times, dtype=torch.float64, device=device)
+        self.times_tensor, self.t_end = times, times[-1].clone()
         self.dense_rows = dense_weights(self.tableau, device)
-        first, last = self.times[0], self.times[-1]
-        smallest = 10.0 * math.ulp(max(abs(first), abs(last), self.span))
-        self.resolution = torch.tensor(smallest, dtype=torch.float64, device=device)
+        first, last = times[0], times[-1]
+        largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
+        # 10 ulp of the largest: the spacing of float64 just above it
+        self.resolution = 10.0 * (torch.nextafter(largest, largest.new_tensor(math.inf)) - largest)
         return self
 
     def _resolution(self, t: Any) -> Any:

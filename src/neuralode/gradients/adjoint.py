@@ -79,7 +79,7 @@ class Adjoint:
                 "(functional_call) are not supported through the adjoint: use "
                 "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
             )
-        return _AdjointSolve.apply(problem, self, names, y0, *params)
+        return _AdjointSolve.apply(problem, self, names, problem.batched_times, y0, *params)
 
     def _scipy(self, problem: Problem) -> bool:
         """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
@@ -109,10 +109,13 @@ class Adjoint:
         check_leaves: bool = False,
         differentiable: bool = False,
         names: list[str] | None = None,
+        batched_times: torch.Tensor | None = None,
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times, from the
-        last time to the first. With ``check_leaves``, its first vector-Jacobian product warns
-        of tensors func depends on that require grad and are not in ``params``. With
+        last time to the first (``batched_times``: every instance's, under torch.func.vmap over
+        t; see :class:`~neuralode.core.config.Problem`). With ``check_leaves``, its first
+        vector-Jacobian product warns of tensors func depends on that require grad and are
+        not in ``params``. With
         ``differentiable`` (a recorded backward pass: double backward), the products keep
         their graph in y, a and the parameters. ``names``: the parameters' names in func (an
         nn.Module), when ``params`` are not its tensors themselves (inside torch.func)."""
@@ -121,7 +124,9 @@ class Adjoint:
         compiled = problem.execution.compiled and self.options is None and not differentiable
         names = parameter_names(problem.field.func, params) if names is None else names
         vector_jacobian = None
-        if compiled or differentiable:
+        # (torch.func.vjp composes with torch.func's levels; autograd.grad inside a grad
+        # transform does not)
+        if compiled or differentiable or under_transform():
             vector_jacobian = _functional_vjp(problem, params, names)
         if differentiable and vector_jacobian is None:
             raise TransformError(
@@ -160,10 +165,12 @@ class Adjoint:
             options = dict(self.options or {})
             norm = options.pop("norm", None)
             rtol, atol = problem.tolerance.rtol.min(), problem.tolerance.atol.min()
+            if batched_times is None:
+                batched_times = torch.tensor(times, dtype=torch.float64, device=state.device)
             built = make_problem(
                 augmented,
                 state,
-                torch.tensor(times, dtype=torch.float64, device=state.device),
+                batched_times,
                 float(rtol) if self.rtol is None else self.rtol,
                 float(atol) if self.atol is None else self.atol,
                 SCIPY_METHOD if scipy else backward_method,
@@ -199,6 +206,7 @@ class Adjoint:
             problem.max_num_steps,
             callbacks=callbacks,
             stats=stats,
+            batched_times=batched_times,
         )
         return _with_augmented_norm(built, None, problem, params)
 
@@ -431,30 +439,41 @@ class _AdjointSolve(torch.autograd.Function):
     backward pass is differentiable when autograd records it (``create_graph=True``, or any
     torch.func transform, which always records): the backward solve then runs under autograd
     (its vector-Jacobian products keep their graph) and the saved solution is the forward's
-    output, so that a second derivative flows back through this Function again."""
+    output, so that a second derivative flows back through this Function again.
+
+    ``times``: the problem's batched times under torch.func.vmap over t (else None), an input
+    so that the generated vmap rule hands each pass the tensor of its own vmap level."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        problem: Problem, mode: Adjoint, names: Any, y0: torch.Tensor, *params: torch.Tensor
+        problem: Problem,
+        mode: Adjoint,
+        names: Any,
+        times: torch.Tensor | None,
+        y0: torch.Tensor,
+        *params: torch.Tensor,
     ) -> Any:
         with torch.no_grad():
-            return integrate(problem, y0)
+            return integrate(_timed(problem, times), y0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        problem, mode, names, y0, *params = inputs
+        problem, mode, names, times, y0, *params = inputs
         ctx.problem, ctx.mode, ctx.names = problem, mode, names
-        ctx.save_for_backward(output, *params)
-        ctx.save_for_forward(y0, *params)
+        ctx.save_for_backward(output, times, *params)
+        ctx.save_for_forward(y0, times, *params)
 
     @staticmethod
-    def jvp(ctx: Any, _p: None, _m: None, _n: None, y0_t: Any, *param_ts: Any) -> torch.Tensor:
+    def jvp(
+        ctx: Any, _p: None, _m: None, _n: None, _t: Any, y0_t: Any, *param_ts: Any
+    ) -> torch.Tensor:
         """Forward mode: the tangent of the forward solve itself (forward-mode differentiation
         of its steps, as with gradient='backprop'), with respect to y0 and the parameters."""
-        problem, names = ctx.problem, ctx.names
-        y0, *params = ctx.saved_tensors
+        names = ctx.names
+        y0, times, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times)
         moving = [i for i, tangent in enumerate(param_ts) if tangent is not None]
         if moving and names is None:
             raise TransformError(
@@ -469,12 +488,6 @@ class _AdjointSolve(torch.autograd.Function):
         chosen = [names[i] for i in moving]
 
         def solve(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
-            bound = dict(zip(chosen, values, strict=True))
-            module = problem.field.func
-
-            def func(t: torch.Tensor, state: Any) -> Any:
-                return torch.func.functional_call(module, bound, (t, state))
-
             return integrate(_bind(problem, chosen, values), y)
 
         primals = (y0, *(params[i] for i in moving))
@@ -483,8 +496,9 @@ class _AdjointSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        problem, mode = ctx.problem, ctx.mode
-        ys, *params = ctx.saved_tensors
+        mode = ctx.mode
+        ys, times, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times)
         differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
         adjoint = grad_ys[-1]
@@ -497,6 +511,7 @@ class _AdjointSolve(torch.autograd.Function):
                 check_leaves=i == len(problem.times) - 1,
                 differentiable=differentiable,
                 names=ctx.names,
+                batched_times=None if times is None else times[i - 1 : i + 1].flip(0),
             )
             state = torch.cat([ys[i], adjoint, grad_params])
             if not differentiable:
@@ -510,7 +525,12 @@ class _AdjointSolve(torch.autograd.Function):
             g.view_as(p)
             for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
         ]
-        return (None, None, None, adjoint, *grads)
+        return (None, None, None, None, adjoint, *grads)
+
+
+def _timed(problem: Problem, times: torch.Tensor | None) -> Problem:
+    """The problem on the batched times handed to :class:`_AdjointSolve` (None: its own)."""
+    return problem if times is None else replace(problem, batched_times=times)
 
 
 def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:
