@@ -251,12 +251,14 @@ TIMES = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.9, 2.5], [-1.0, -0.1, 0.3]], dtyp
 BATCH = torch.tensor([[1.0, -2.0], [1e-3, 4.0], [300.0, 0.5]], dtype=torch.float64)
 
 
+@pytest.mark.parametrize("method", [*METHODS, "euler"])
 @pytest.mark.parametrize("mode", MODES)
-def test_vmap_over_times_equals_a_loop(mode: str) -> None:
-    """Each instance's own times (and steps): vmap over t alone and with y0 equals a loop of
-    single solves, and the closed form of a time-dependent field."""
+def test_vmap_over_times_equals_a_loop(mode: str, method: str) -> None:
+    """Each instance's own times (and adaptive steps, or grid from step_size or its times):
+    vmap over t alone and with y0 equals a loop of single solves, and the closed form of a
+    time-dependent field."""
     func = TimeDependent()
-    end = lambda y0, t: solve(func, y0, mode, "dopri5", t)  # noqa: E731
+    end = lambda y0, t: solve(func, y0, mode, method, t)  # noqa: E731
     over_t = torch.func.vmap(end, in_dims=(None, 0))(Y0, TIMES)
     both = torch.func.vmap(end)(BATCH, TIMES)
     torch.testing.assert_close(
@@ -264,39 +266,50 @@ def test_vmap_over_times_equals_a_loop(mode: str) -> None:
     )
     loop = torch.stack([end(y0, t) for y0, t in zip(BATCH, TIMES, strict=True)])
     torch.testing.assert_close(both, loop, rtol=1e-9, atol=1e-12)
+    if method == "euler":  # (its grid: the output times themselves)
+        return
     for y0, t, ys in zip(BATCH, TIMES, both, strict=True):
         expected = torch.stack([func.flow(time, t[0]) @ y0 for time in t])
         torch.testing.assert_close(ys, expected, rtol=1e-8, atol=1e-8 * float(y0.abs().max()))
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", MODES)
-def test_vmap_of_gradients_over_times(mode: str) -> None:
+def test_vmap_of_gradients_over_times(mode: str, method: str) -> None:
     """Per-instance dL/dy0 and dL/dt of L = Σ y(t_last): Φᵀ1, and dL/dt_last = 1ᵀ f(t_last,
     y_last), dL/dt0 = −1ᵀ Φ f(t0, y0), 0 at the time in between."""
     func = TimeDependent()
-    loss = lambda y0, t: solve(func, y0, mode, "dopri5", t)[-1].sum()  # noqa: E731
+    loss = lambda y0, t: solve(func, y0, mode, method, t)[-1].sum()  # noqa: E731
     grad_y0, grad_t = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(BATCH, TIMES)
     ones = torch.ones(2, dtype=torch.float64)
     for y0, t, g_y0, g_t in zip(BATCH, TIMES, grad_y0, grad_t, strict=True):
         phi = func.flow(t[-1], t[0])
         f0, f1 = func(t[0], y0), func(t[-1], phi @ y0)
-        close(g_y0, phi.T @ ones, "dopri5")
+        close(g_y0, phi.T @ ones, method)
         expected = torch.stack([-ones @ phi @ f0, torch.zeros((), dtype=torch.float64), f1.sum()])
-        torch.testing.assert_close(g_t, expected, rtol=1e-8, atol=1e-8 * float(y0.abs().max()))
+        tol = 1e-7 if method == "rk4" else 1e-8
+        torch.testing.assert_close(g_t, expected, rtol=tol, atol=tol * float(y0.abs().max()))
 
 
 def test_refused_vmap_over_times() -> None:
-    """One clock for all instances (a fixed grid, an implicit method), or instances in
-    opposite directions, cannot be each instance's own solve; a non-monotonic instance is a
-    bad input."""
+    """One clock or grid for all instances (implicit and Adams methods, perturb, a given
+    grid), or instances in opposite directions, cannot be each instance's own solve; a
+    non-monotonic instance is a bad input."""
     func = TimeDependent()
 
     def over_times(**kwargs: object) -> object:
         return torch.func.vmap(lambda t: odeint(func, Y0, t, **kwargs))
 
-    for kwargs in [{"method": "rk4"}, {"options": {"step_size": 0.1}}, {"method": "rosenbrock23"}]:
-        with pytest.raises(TransformError, match="fixed grids, implicit methods"):
+    for kwargs in [
+        {"method": "rosenbrock23"},
+        {"method": "trapezoid"},
+        {"method": "explicit_adams"},
+        {"method": "rk4", "options": {"perturb": True}},
+    ]:
+        with pytest.raises(TransformError, match="implicit and Adams methods, perturb"):
             over_times(**kwargs)(TIMES)
+    with pytest.raises(TransformError, match="give one grid for all"):
+        over_times(method="rk4", options={"grid": torch.linspace(0, 1, 5)})(TIMES)
     with pytest.raises(TransformError, match="same direction"):
         over_times()(torch.stack([T, T.flip(0)]))
     with pytest.raises(ODEInputError, match="every instance"):

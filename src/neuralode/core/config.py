@@ -201,8 +201,15 @@ def make_problem(
         warnings.warn(note, UserWarning, stacklevel=4)
     controller = settings.controller
     if controller is None:
+        if batched_times is not None and {"grid", "grid_constructor"} & set(options):
+            raise TransformError(
+                "under torch.func.vmap over the output times t each instance steps on its own "
+                "grid, and options 'grid' and 'grid_constructor' give one grid for all: use "
+                "step_size, or an adaptive method"
+            )
         grid = _grid_option(options, times, func, y0, t)
-        controller = make_grid(options.get("step_size"), grid, times, *settings.grid_style)
+        own = times if batched_times is None else batched_times  # (each instance's grid)
+        controller = make_grid(options.get("step_size"), grid, own, *settings.grid_style)
     stats = SolverStats()
     execution = settings.execution
     return Problem(

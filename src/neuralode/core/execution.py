@@ -12,9 +12,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import TransformError
+from .adams_method import AdamsMethod
 from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
-from .controllers import AdaptiveController
+from .controllers import AdaptiveController, FixedGrid
 from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
 from .stats import PerSampleStats, SolverStats
@@ -30,10 +31,10 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     if problem.batched_times is not None and not _on_instance_clocks(problem):
         raise TransformError(
             "torch.func.vmap over the output times t gives each instance its own clock on the "
-            "row loop of adaptive explicit methods; fixed grids, implicit methods and "
-            f"scipy_solver step all instances on one clock (method {problem.method.name!r}): "
-            "use an adaptive method such as 'dopri5' without step_size or grid, or solve at "
-            "the union of the times and vmap over y0 or func's parameters"
+            "row loop of explicit Runge-Kutta methods (adaptive, or on a grid from step_size or "
+            "t); implicit and Adams methods, perturb and scipy_solver step all instances on one "
+            f"clock (method {problem.method.name!r}): use an explicit method such as 'dopri5' "
+            "or 'rk4', or solve at the union of the times and vmap over y0 or func's parameters"
         )
     if execution.scipy is not None:
         from .scipy_execution import integrate_scipy  # (imports scipy only for such solves)
@@ -42,6 +43,7 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
     arith = SCALAR
+    adaptive = isinstance(problem.controller, AdaptiveController)
     if under_transform():
         vmapped = under_vmap()
         if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
@@ -51,8 +53,9 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
                 "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
                 "torch.autograd.grad (create_graph=True) instead of the transform"
             )
-        if vmapped and isinstance(problem.controller, AdaptiveController):
-            # (see neuralode.core.transforms) each instance its own adaptive steps, on rows
+        if vmapped and (adaptive or problem.batched_times is not None):
+            # (see neuralode.core.transforms) each instance its own adaptive steps, or its own
+            # grid, on rows
             return _integrate_rows(problem, y0, every)
         if vmapped:  # a fixed grid's steps do not depend on the values: one row, as usual, with
             arith = VMAP_SCALAR  # the finiteness check asked of all instances at once
@@ -83,9 +86,14 @@ def row_loop(problem: Problem) -> Loop:
 
 def _on_instance_clocks(problem: Problem) -> bool:
     """The problem runs on the row loop, whose (R,) clock may hold each vmap instance's times:
-    an adaptive explicit method of neuralode's own."""
-    adaptive = isinstance(problem.controller, AdaptiveController)
-    return adaptive and not problem.method.implicit and problem.execution.scipy is None
+    an explicit Runge-Kutta method of neuralode's own, with adaptive steps or on each
+    instance's own grid (from its times or step_size, without perturb)."""
+    controller, method = problem.controller, problem.method
+    if isinstance(controller, FixedGrid):
+        own = torch.is_tensor(controller.grid) and controller.nudge is None
+    else:
+        own = problem.execution.scipy is None
+    return own and not method.implicit and not isinstance(method, AdamsMethod)
 
 
 def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
@@ -109,7 +117,7 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
                        _evaluations_per_iteration(loop))  # fmt: skip
         summary = loop.summary(carry)
-    if first_dt is None:
+    if first_dt is None and isinstance(problem.controller, AdaptiveController):
         problem.field.count(1)  # the starting-step heuristic's evaluation
     return _finish_rows(problem, loop, carry, summary)
 

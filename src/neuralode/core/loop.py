@@ -157,7 +157,6 @@ class Loop:
         if times is None:
             times = torch.tensor(self.times, dtype=torch.float64, device=device)
         self.times_tensor, self.t_end = times, times[-1].clone()
-        self.dense_rows = dense_weights(self.tableau, device)
         first, last = times[0], times[-1]
         largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
         # 10 ulp of the largest: the spacing of float64 just above it
@@ -191,7 +190,7 @@ class Loop:
             counts = (0, 0, 0)
             memory, last_dt = (1.0, 1.0), math.nan
         if isinstance(self.controller, FixedGrid):
-            dt = self.controller.next_step(self.times[0])
+            dt = self.controller.next_step(t)
         elif first_dt is not None:
             dt = first_dt
         else:
@@ -343,7 +342,7 @@ class Loop:
             def fill(outputs: torch.Tensor) -> torch.Tensor:
                 theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
                 h = self.arith.step_factor(step, c.y)
-                values = interpolate(self.dense_rows, c.y, h, [*ks, f1], theta)
+                values = self._interpolant(c.y, h, ks, y1, f1, theta)
                 return torch.where(passed[..., None], values, outputs)
 
             if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
@@ -380,12 +379,25 @@ class Loop:
         is not needed for "linear")."""
         theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
                              device=y.device)  # fmt: skip
+        return self._interpolant(y, step, ks, y1, f1, theta)
+
+    def _interpolant(
+        self,
+        y: torch.Tensor,
+        h: Any,
+        ks: list[torch.Tensor],
+        y1: torch.Tensor,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``interp`` of steps of size h (a float, or (R, 1)) from rows y (R, N) to y1 at
+        fractions ``theta`` (T, R) of the steps: (T, R, N)."""
         if self.interp == "linear":
             return torch.lerp(y, y1, theta[..., None].to(y.dtype))
         assert f1 is not None
         if self.interp == "cubic":
-            return hermite(y, y1, ks[0], f1, step, theta)
-        return interpolate(dense_weights(self.tableau, y.device), y, step, [*ks, f1], theta)
+            return hermite(y, y1, ks[0], f1, h, theta)
+        return interpolate(dense_weights(self.tableau, y.device), y, h, [*ks, f1], theta)
 
     def _jump(self, t1: Any, last: Any) -> bool:
         """Whether f may jump at the end t1 of this step (one row): with perturb every fixed

@@ -79,7 +79,9 @@ class Adjoint:
                 "(functional_call) are not supported through the adjoint: use "
                 "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
             )
-        return _AdjointSolve.apply(problem, self, names, problem.batched_times, y0, *params)
+        grid = getattr(problem.controller, "grid", None)
+        grid = grid if torch.is_tensor(grid) else None
+        return _AdjointSolve.apply(problem, self, names, problem.batched_times, grid, y0, *params)
 
     def _scipy(self, problem: Problem) -> bool:
         """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
@@ -183,10 +185,11 @@ class Adjoint:
         method = problem.method if self.method is None else resolve_method(self.method)
         tolerance = self._tolerance(problem.tolerance, size, n_params)
         controller: AdaptiveController | FixedGrid
+        ends = times if batched_times is None else batched_times  # (each instance's)
         if isinstance(problem.controller, FixedGrid) and not method.adaptive:
-            controller = problem.controller.within(times[0], times[-1])
+            controller = problem.controller.within(ends[0], ends[-1])
         elif not method.adaptive:
-            controller = FixedGrid((times[0], times[-1]))
+            controller = FixedGrid(tuple(ends) if batched_times is None else ends)
         elif isinstance(problem.controller, AdaptiveController):
             controller = replace(problem.controller, error_order=method.error_order,
                                  tolerance=tolerance)  # fmt: skip
@@ -441,8 +444,9 @@ class _AdjointSolve(torch.autograd.Function):
     (its vector-Jacobian products keep their graph) and the saved solution is the forward's
     output, so that a second derivative flows back through this Function again.
 
-    ``times``: the problem's batched times under torch.func.vmap over t (else None), an input
-    so that the generated vmap rule hands each pass the tensor of its own vmap level."""
+    ``times``, ``grid``: the problem's batched times and fixed grid under torch.func.vmap over
+    t (else None), inputs so that the generated vmap rule hands each pass the tensors of its
+    own vmap level."""
 
     generate_vmap_rule = True
 
@@ -452,28 +456,29 @@ class _AdjointSolve(torch.autograd.Function):
         mode: Adjoint,
         names: Any,
         times: torch.Tensor | None,
+        grid: torch.Tensor | None,
         y0: torch.Tensor,
         *params: torch.Tensor,
     ) -> Any:
         with torch.no_grad():
-            return integrate(_timed(problem, times), y0)
+            return integrate(_timed(problem, times, grid), y0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        problem, mode, names, times, y0, *params = inputs
+        problem, mode, names, times, grid, y0, *params = inputs
         ctx.problem, ctx.mode, ctx.names = problem, mode, names
-        ctx.save_for_backward(output, times, *params)
-        ctx.save_for_forward(y0, times, *params)
+        ctx.save_for_backward(output, times, grid, *params)
+        ctx.save_for_forward(y0, times, grid, *params)
 
     @staticmethod
     def jvp(
-        ctx: Any, _p: None, _m: None, _n: None, _t: Any, y0_t: Any, *param_ts: Any
+        ctx: Any, _p: None, _m: None, _n: None, _t: Any, _g: Any, y0_t: Any, *param_ts: Any
     ) -> torch.Tensor:
         """Forward mode: the tangent of the forward solve itself (forward-mode differentiation
         of its steps, as with gradient='backprop'), with respect to y0 and the parameters."""
         names = ctx.names
-        y0, times, *params = ctx.saved_tensors
-        problem = _timed(ctx.problem, times)
+        y0, times, grid, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times, grid)
         moving = [i for i, tangent in enumerate(param_ts) if tangent is not None]
         if moving and names is None:
             raise TransformError(
@@ -497,8 +502,8 @@ class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         mode = ctx.mode
-        ys, times, *params = ctx.saved_tensors
-        problem = _timed(ctx.problem, times)
+        ys, times, grid, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times, grid)
         differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
         adjoint = grad_ys[-1]
@@ -525,12 +530,16 @@ class _AdjointSolve(torch.autograd.Function):
             g.view_as(p)
             for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
         ]
-        return (None, None, None, None, adjoint, *grads)
+        return (None, None, None, None, None, adjoint, *grads)
 
 
-def _timed(problem: Problem, times: torch.Tensor | None) -> Problem:
-    """The problem on the batched times handed to :class:`_AdjointSolve` (None: its own)."""
-    return problem if times is None else replace(problem, batched_times=times)
+def _timed(problem: Problem, times: torch.Tensor | None, grid: torch.Tensor | None) -> Problem:
+    """The problem on the batched times and grid handed to :class:`_AdjointSolve` (None: its
+    own)."""
+    if times is None:
+        return problem
+    controller = problem.controller if grid is None else replace(problem.controller, grid=grid)
+    return replace(problem, batched_times=times, controller=controller)
 
 
 def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:
