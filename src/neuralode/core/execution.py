@@ -16,8 +16,8 @@ from .adams_method import AdamsMethod
 from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
 from .controllers import AdaptiveController, FixedGrid
-from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
+from .rosenbrock_method import RosenbrockMethod
 from .stats import PerSampleStats, SolverStats
 from .transforms import is_wrapped, under_transform, under_vmap, unwrap
 
@@ -46,12 +46,13 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     adaptive = isinstance(problem.controller, AdaptiveController)
     if under_transform():
         vmapped = under_vmap()
-        if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
+        if vmapped and isinstance(problem.method, RosenbrockMethod):
             raise TransformError(
-                f"method {problem.method.name!r} takes Jacobians by autograd inside its steps, "
-                "which torch.func's transforms refuse (implicit Runge-Kutta methods under any "
-                "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
-                "torch.autograd.grad (create_graph=True) instead of the transform"
+                f"method {problem.method.name!r} under torch.func.vmap (and jacfwd, hessian) is "
+                "not supported: its adaptive steps and Jacobian reuse run on one clock for all "
+                "instances; use an implicit Runge-Kutta method on a grid (such as "
+                "'radauIIA5'), an explicit method, or torch.autograd.grad instead of the "
+                "transform"
             )
         if vmapped and (adaptive or problem.batched_times is not None):
             # (see neuralode.core.transforms) each instance its own adaptive steps, or its own

@@ -71,6 +71,13 @@ class Adjoint:
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
+        if under_transform() and isinstance(method, ImplicitMethod):
+            raise TransformError(
+                f"torch.func's transforms through the adjoint with the implicit method "
+                f"{method.name!r} are not supported (its backward solve's Newton iterations "
+                "would differentiate vector-Jacobian products inside the transform): use "
+                "gradient='backprop' or 'checkpoint', or adjoint_method='dopri5'"
+            )
         params = self._params(problem)
         names = parameter_names(problem.field.func, params)
         if under_transform() and any(is_wrapped(p) and not is_batched(p) for p in params):
