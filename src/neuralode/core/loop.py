@@ -157,6 +157,7 @@ class Loop:
         if times is None:
             times = torch.tensor(self.times, dtype=torch.float64, device=device)
         self.times_tensor, self.t_end = times, times[-1].clone()
+        self.dense_rows = dense_weights(self.tableau, device)
         first, last = times[0], times[-1]
         largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
         # 10 ulp of the largest: the spacing of float64 just above it
@@ -397,7 +398,9 @@ class Loop:
         assert f1 is not None
         if self.interp == "cubic":
             return hermite(y, y1, ks[0], f1, h, theta)
-        return interpolate(dense_weights(self.tableau, y.device), y, h, [*ks, f1], theta)
+        # (rows: the weights made by on(), outside the compiled loop)
+        weights = self.dense_rows if self.arith.rows else dense_weights(self.tableau, y.device)
+        return interpolate(weights, y, h, [*ks, f1], theta)
 
     def _jump(self, t1: Any, last: Any) -> bool:
         """Whether f may jump at the end t1 of this step (one row): with perturb every fixed
