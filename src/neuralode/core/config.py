@@ -39,7 +39,7 @@ from .state import COMPLEX, LOW_PRECISION, FlatField, State, StateLayout, Vector
 from .stats import SolverStats
 from .steppers import ExplicitRK, Rosenbrock
 from .tableau import Tableau
-from .transforms import is_batched, unwrap
+from .transforms import first_instance, is_batched, truth, unwrap
 
 GRID_GIVEN = {"step_size", "grid", "grid_constructor"}  # (any of these: a fixed grid)
 GRID_OPTIONS = {*GRID_GIVEN, "interp", "perturb"}
@@ -124,6 +124,10 @@ class Problem:
         callbacks: torchdiffeq's step callbacks found on func, or None.
         stats: counters of this problem's solves.
         outcome: how the last solve ended.
+        batched_times: under torch.func.vmap over t, every instance's output times, a float64
+            (T,) batched tensor; ``times`` are then the first instance's, for their count and
+            shared direction only (:func:`~neuralode.core.execution.integrate` runs such a
+            problem on the row loop, whose clock is this tensor, or refuses it).
     """
 
     layout: StateLayout
@@ -144,6 +148,12 @@ class Problem:
     callbacks: Callbacks | None = None
     stats: SolverStats = field(default_factory=SolverStats)
     outcome: Outcome = field(default_factory=Outcome)
+    batched_times: torch.Tensor | None = None
+
+    @property
+    def output_times(self) -> list[float] | torch.Tensor:
+        """The output times: floats, or every instance's under vmap over t (a (T,) tensor)."""
+        return self.times if self.batched_times is None else self.batched_times
 
     def stepper(self) -> ExplicitRK | Rosenbrock | ImplicitRK | Adams:
         """A fresh stepper for one solve (an implicit or Rosenbrock stepper keeps its Jacobian,
@@ -162,11 +172,10 @@ class Problem:
         shape, dtype and device (counted)."""
         self.field.count(1)
         layout = self.layout
-        start = self.times[0]
+        start = self.output_times[0]
         if isinstance(self.controller, FixedGrid) and self.controller.nudge is not None:
             start = self.controller.nudge.toward(start, 1.0 if self.times[-1] >= start else -1.0)
-        time = torch.full((), start, dtype=layout.time_dtype, device=layout.device)
-        f0 = self.field.func(time, layout.unflatten(y0))
+        f0 = self.field.func(self.field.time(start), layout.unflatten(y0))
         _check_derivative(f0, layout)
         return layout.flatten(f0)
 
@@ -184,7 +193,7 @@ def make_problem(
     if not callable(func):
         raise ODEInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
     parts = _validate_y0(y0)
-    times = _validate_t(t, parts[0])
+    times, batched_times = _validate_t(t, parts[0])
     options = dict(options or {})
     layout = StateLayout(y0)
     settings = solver_settings(method, rtol, atol, options, layout)
@@ -192,8 +201,15 @@ def make_problem(
         warnings.warn(note, UserWarning, stacklevel=4)
     controller = settings.controller
     if controller is None:
+        if batched_times is not None and {"grid", "grid_constructor"} & set(options):
+            raise TransformError(
+                "under torch.func.vmap over the output times t each instance steps on its own "
+                "grid, and options 'grid' and 'grid_constructor' give one grid for all: use "
+                "step_size, or an adaptive method"
+            )
         grid = _grid_option(options, times, func, y0, t)
-        controller = make_grid(options.get("step_size"), grid, times, *settings.grid_style)
+        own = times if batched_times is None else batched_times  # (each instance's grid)
+        controller = make_grid(options.get("step_size"), grid, own, *settings.grid_style)
     stats = SolverStats()
     execution = settings.execution
     return Problem(
@@ -212,6 +228,7 @@ def make_problem(
         settings.max_iters,
         callbacks=None if execution.scipy else _callbacks(func, layout, execution),
         stats=stats,
+        batched_times=batched_times,
     )
 
 
@@ -469,7 +486,9 @@ def _validate_y0(y0: Any) -> tuple[torch.Tensor, ...]:
     return parts
 
 
-def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
+def _validate_t(t: Any, like: torch.Tensor) -> tuple[list[float], torch.Tensor | None]:
+    """The output times as floats (the first instance's under torch.func.vmap over t) and,
+    under vmap over t, every instance's as a float64 batched tensor (else None)."""
     if not torch.is_tensor(t):
         raise ODEInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
     if t.dim() != 1 or t.numel() < 1:
@@ -482,14 +501,12 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
         raise ODEInputError(
             f"t is on {t.device} but y0 is on {like.device}; put both on the same device"
         )
-    if is_batched(t):
-        raise TransformError(
-            "torch.func.vmap over the output times t is not supported: vmap over y0 or over "
-            "func's parameters, or solve at the union of the times"
-        )
-    times = unwrap(t.detach()).double().tolist()
-    if not all(math.isfinite(time) for time in times):
+    batched = t.detach().double() if is_batched(t) else None
+    times = first_instance(t.detach()).double().tolist()
+    if batched is not None or not all(math.isfinite(time) for time in times):
         _check_finite(t, "t")
+    if batched is not None and len(times) > 1:
+        _check_instances(batched)
     if len(times) > 1:
         direction = 1.0 if times[1] > times[0] else -1.0
         for i in range(1, len(times)):
@@ -498,7 +515,24 @@ def _validate_t(t: Any, like: torch.Tensor) -> list[float]:
                     "t must be strictly increasing or strictly decreasing; "
                     f"t[{i}]={times[i]:.6g} does not follow t[{i - 1}]={times[i - 1]:.6g}"
                 )
-    return times
+    return times, batched
+
+
+def _check_instances(t: torch.Tensor) -> None:
+    """Every instance of a vmapped t is strictly monotonic, all in one direction."""
+    steps = t[1:] - t[:-1]
+    increasing = (steps > 0).all()
+    if truth(~(increasing | (steps < 0).all())):
+        raise ODEInputError(
+            "t must be strictly increasing or strictly decreasing in every instance of "
+            "torch.func.vmap over t; some instance is not"
+        )
+    if truth(increasing) and truth(~increasing):
+        raise TransformError(
+            "torch.func.vmap over the output times t needs every instance to integrate in the "
+            "same direction, and some increase while others decrease: vmap the instances of "
+            "each direction apart"
+        )
 
 
 def _validate_tolerance(value: Any, name: str) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ODEInputError
 from .arith import Arith
+from .transforms import truth, unwrap
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -236,7 +237,9 @@ class FixedGrid:
     """Steps that land on a given grid of times (fixed-step solving); never rejects.
 
     Attributes:
-        grid: times sorted in the direction of integration, covering the interval.
+        grid: times sorted in the direction of integration, covering the interval: floats, or
+            under torch.func.vmap over t each instance's own grid as a float64 (G,) batched
+            tensor for the row clock, padded at its end with the last time (:func:`make_grid`).
         interp: how states at output times between grid points are made (torchdiffeq's
             ``interp``): ``"linear"`` between the step's ends, ``"cubic"`` Hermite from the
             ends and their slopes, or ``"method"``: the method's own interpolant (adaptive
@@ -245,30 +248,48 @@ class FixedGrid:
             each step evaluates f just after its start and just before its end; else None.
     """
 
-    grid: tuple[float, ...]
+    grid: tuple[float, ...] | torch.Tensor
     interp: str = "linear"
     nudge: Nudge | None = None
 
     needs_error = False
 
     def __post_init__(self) -> None:
-        direction = 1.0 if self.grid[-1] >= self.grid[0] else -1.0
-        keys = [direction * g for g in self.grid]
+        grid = self.grid
+        if torch.is_tensor(grid):  # (one direction for every instance: checked with t)
+            direction = 1.0 if truth(grid[-1] >= grid[0]) else -1.0
+            keys = direction * grid
+            gaps = keys[1:] - keys[:-1]  # (0 between the padding's repeats)
+            slack = 1e-9 * torch.where(gaps > 0, gaps, math.inf).amin()
+        else:
+            direction = 1.0 if grid[-1] >= grid[0] else -1.0
+            keys = [direction * g for g in grid]
+            # Times within this of a grid point count as on it (absorbs rounding of t + dt).
+            slack = 1e-9 * min((b - a for a, b in itertools.pairwise(keys)), default=1.0)
         object.__setattr__(self, "_direction", direction)
         object.__setattr__(self, "_keys", keys)
-        # Times within this of a grid point count as on it (absorbs rounding of t + dt).
-        slack = 1e-9 * min((b - a for a, b in itertools.pairwise(keys)), default=1.0)
         object.__setattr__(self, "_slack", slack)
 
-    def next_step(self, t: float) -> float:
-        """The magnitude of the step from t to the next grid point (inf past the grid)."""
+    def next_step(self, t: Any) -> Any:
+        """The magnitude of the step from t to the next grid point (inf past the grid): a float,
+        or (R,) for the (R,) times of the row clock on a tensor grid."""
         keys, direction = self._keys, self._direction  # type: ignore[attr-defined]
+        if torch.is_tensor(keys):
+            index = torch.searchsorted(keys, direction * t + self._slack, right=True)  # type: ignore[attr-defined]
+            ahead = keys[index.clamp(max=keys.shape[0] - 1)] - direction * t
+            return torch.where(index < keys.shape[0], ahead, math.inf)
         index = bisect.bisect_right(keys, direction * t + self._slack)  # type: ignore[attr-defined]
         return math.inf if index == len(keys) else keys[index] - direction * t
 
-    def within(self, start: float, end: float) -> FixedGrid:
+    def within(self, start: Any, end: Any) -> FixedGrid:
         """The grid restricted to the interval from ``start`` to ``end`` (either direction), with
-        both ends included: the steps of a solve over part of the interval, or backwards."""
+        both ends included: the steps of a solve over part of the interval, or backwards. On a
+        tensor grid, the ends are 0-d tensors (each instance's) and the grid stays padded."""
+        if torch.is_tensor(self.grid):
+            grid, backwards = self.grid, truth(end < start)
+            inner = (grid > torch.minimum(start, end)) & (grid < torch.maximum(start, end))
+            ordered = torch.where(inner, grid, end).sort(descending=backwards).values
+            return replace(self, grid=torch.cat([start[None], ordered, end[None]]))
         low, high = min(start, end), max(start, end)
         inner = [g for g in self.grid if low < g < high]
         ordered = sorted(inner, reverse=end < start)
@@ -278,12 +299,15 @@ class FixedGrid:
 def make_grid(
     step_size: float | None,
     grid: Sequence[float] | None,
-    times: Sequence[float],
+    times: Sequence[float] | torch.Tensor,
     interp: str = "linear",
     nudge: Nudge | None = None,
 ) -> FixedGrid:
     """The fixed grid from ``step_size`` (steps of that size from t[0], the last one shorter),
-    ``grid`` (given times), or neither (the output times)."""
+    ``grid`` (given times), or neither (the output times). ``times`` a tensor: every vmap
+    instance's output times, each its own grid (from step_size or the times)."""
+    if torch.is_tensor(times):
+        return FixedGrid(_instance_grid(step_size, times), interp, nudge)
     t0, t1 = times[0], times[-1]
     direction = 1.0 if t1 >= t0 else -1.0
     if step_size is not None:
@@ -295,3 +319,17 @@ def make_grid(
     else:
         points = tuple(times if grid is None else grid)
     return FixedGrid(points, interp, nudge)
+
+
+def _instance_grid(step_size: float | None, times: torch.Tensor) -> torch.Tensor:
+    """Every vmap instance's grid, the points :func:`make_grid` makes from its own times with
+    the same float64 arithmetic, as a (G,) batched tensor padded with the instance's last
+    time (G: the longest grid of all instances)."""
+    if step_size is None:
+        return times
+    t0, t1 = times[0], times[-1]
+    direction = 1.0 if truth(t1 >= t0) else -1.0
+    largest = torch.maximum(torch.maximum(t0.abs(), t1.abs()), t0.new_tensor(step_size))
+    n = (((t1 - t0).abs() - 1e-6 * largest) / step_size).ceil().clamp(min=1)
+    index = torch.arange(int(unwrap(n).max()) + 1, dtype=torch.float64, device=times.device)
+    return torch.where(index < n, t0 + direction * step_size * index, t1)

@@ -12,11 +12,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import TransformError
+from .adams_method import AdamsMethod
 from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
-from .controllers import AdaptiveController
-from .implicit_methods import ImplicitMethod
+from .controllers import AdaptiveController, FixedGrid
 from .loop import RUNNING, Carry, Loop
+from .rosenbrock_method import RosenbrockMethod
 from .stats import PerSampleStats, SolverStats
 from .transforms import is_wrapped, under_transform, under_vmap, unwrap
 
@@ -27,6 +28,14 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     start of each segment of that many iterations and reruns the segment in the backward pass
     (gradient checkpointing; reruns are counted as backward work)."""
     execution = problem.execution
+    if problem.batched_times is not None and not _on_instance_clocks(problem):
+        raise TransformError(
+            "torch.func.vmap over the output times t gives each instance its own clock on the "
+            "row loop of explicit Runge-Kutta methods (adaptive, or on a grid from step_size or "
+            "t); implicit and Adams methods, perturb and scipy_solver step all instances on one "
+            f"clock (method {problem.method.name!r}): use an explicit method such as 'dopri5' "
+            "or 'rk4', or solve at the union of the times and vmap over y0 or func's parameters"
+        )
     if execution.scipy is not None:
         from .scipy_execution import integrate_scipy  # (imports scipy only for such solves)
 
@@ -34,17 +43,20 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     if execution.per_sample or execution.compiled:
         return _integrate_rows(problem, y0, every)
     arith = SCALAR
+    adaptive = isinstance(problem.controller, AdaptiveController)
     if under_transform():
         vmapped = under_vmap()
-        if problem.method.implicit and (vmapped or isinstance(problem.method, ImplicitMethod)):
+        if vmapped and isinstance(problem.method, RosenbrockMethod):
             raise TransformError(
-                f"method {problem.method.name!r} takes Jacobians by autograd inside its steps, "
-                "which torch.func's transforms refuse (implicit Runge-Kutta methods under any "
-                "transform, rosenbrock23 under vmap and jacfwd): use an explicit method, or "
-                "torch.autograd.grad (create_graph=True) instead of the transform"
+                f"method {problem.method.name!r} under torch.func.vmap (and jacfwd, hessian) is "
+                "not supported: its adaptive steps and Jacobian reuse run on one clock for all "
+                "instances; use an implicit Runge-Kutta method on a grid (such as "
+                "'radauIIA5'), an explicit method, or torch.autograd.grad instead of the "
+                "transform"
             )
-        if vmapped and isinstance(problem.controller, AdaptiveController):
-            # (see neuralode.core.transforms) each instance its own adaptive steps, on rows
+        if vmapped and (adaptive or problem.batched_times is not None):
+            # (see neuralode.core.transforms) each instance its own adaptive steps, or its own
+            # grid, on rows
             return _integrate_rows(problem, y0, every)
         if vmapped:  # a fixed grid's steps do not depend on the values: one row, as usual, with
             arith = VMAP_SCALAR  # the finiteness check asked of all instances at once
@@ -70,7 +82,19 @@ def row_loop(problem: Problem) -> Loop:
         return problem.field.rows(t, y, per_sample)
 
     loop = Loop(problem.stepper(), controller, problem.times, field, ROWS, problem.max_num_steps)
-    return loop.on(problem.y0.device)
+    return loop.on(problem.y0.device, problem.batched_times)
+
+
+def _on_instance_clocks(problem: Problem) -> bool:
+    """The problem runs on the row loop, whose (R,) clock may hold each vmap instance's times:
+    an explicit Runge-Kutta method of neuralode's own, with adaptive steps or on each
+    instance's own grid (from its times or step_size, without perturb)."""
+    controller, method = problem.controller, problem.method
+    if isinstance(controller, FixedGrid):
+        own = torch.is_tensor(controller.grid) and controller.nudge is None
+    else:
+        own = problem.execution.scipy is None
+    return own and not method.implicit and not isinstance(method, AdamsMethod)
 
 
 def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
@@ -94,7 +118,7 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
                        _evaluations_per_iteration(loop))  # fmt: skip
         summary = loop.summary(carry)
-    if first_dt is None:
+    if first_dt is None and isinstance(problem.controller, AdaptiveController):
         problem.field.count(1)  # the starting-step heuristic's evaluation
     return _finish_rows(problem, loop, carry, summary)
 

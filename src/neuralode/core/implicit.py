@@ -105,7 +105,9 @@ class ImplicitRK:
                 continue
             if sub not in factors:
                 factors[sub] = self._factorise(sub, jacobian, step)
-            ks.extend(self._solve_block(field, t, y, f, step, block, bases, sub, factors[sub]))
+            ks.extend(
+                self._solve_block(field, arith, t, y, f, step, block, bases, sub, factors[sub])
+            )
             if self.failure is not None:
                 ks.extend([f] * (len(c) - len(ks)))  # (the loop ends the solve here)
                 break
@@ -118,6 +120,7 @@ class ImplicitRK:
     def _solve_block(
         self,
         field: Field,
+        arith: Arith,
         t: float,
         y: torch.Tensor,
         f: torch.Tensor,
@@ -127,7 +130,9 @@ class ImplicitRK:
         sub: tuple[tuple[float, ...], ...],
         factors: tuple[torch.Tensor, torch.Tensor],
     ) -> list[torch.Tensor]:
-        """The stages of one block by simplified Newton iterations from K = f."""
+        """The stages of one block by simplified Newton iterations from K = f. The change is
+        read by ``arith.clock``: under torch.func.vmap, the largest of all instances' (they
+        iterate until every one has converged)."""
         c = self.tableau.stage_c
         m = len(block)
         blocks = factors[0].shape[0]
@@ -149,7 +154,8 @@ class ImplicitRK:
             delta = delta.reshape(m, -1)
             ks = [k - d[None] for k, d in zip(ks, delta, strict=True)]
             with torch.no_grad():
-                size = float(torch.linalg.vector_norm(step * delta * scale) / math.sqrt(r.numel()))
+                change = torch.linalg.vector_norm(step * delta * scale) / math.sqrt(r.numel())
+                size = arith.clock(change)
             if not math.isfinite(size):
                 self.failure = (
                     f"the stage equations of method {self.tableau.name!r} gave NaN or Inf iterates"

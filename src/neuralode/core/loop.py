@@ -149,15 +149,19 @@ class Loop:
         self.landings = None if fixed or arith.rows else controller.landings
         self.nudge = controller.nudge if fixed else getattr(self.landings, "nudge", None)
 
-    def on(self, device: torch.device) -> Loop:
+    def on(self, device: torch.device, times: torch.Tensor | None = None) -> Loop:
         """Rows: the output times and end as float64 tensors on ``device`` (separate tensors:
-        views of one would alias inside the compiled loop)."""
-        self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
-        self.t_end = torch.tensor(self.times[-1], dtype=torch.float64, device=device)
+        views of one would alias inside the compiled loop). ``times``: the output times as a
+        float64 (T,) tensor where the floats are not every instance's (torch.func.vmap over t:
+        each instance its own times, end and resolution; the direction is shared)."""
+        if times is None:
+            times = torch.tensor(self.times, dtype=torch.float64, device=device)
+        self.times_tensor, self.t_end = times, times[-1].clone()
         self.dense_rows = dense_weights(self.tableau, device)
-        first, last = self.times[0], self.times[-1]
-        smallest = 10.0 * math.ulp(max(abs(first), abs(last), self.span))
-        self.resolution = torch.tensor(smallest, dtype=torch.float64, device=device)
+        first, last = times[0], times[-1]
+        largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
+        # 10 ulp of the largest: the spacing of float64 just above it
+        self.resolution = 10.0 * (torch.nextafter(largest, largest.new_tensor(math.inf)) - largest)
         return self
 
     def _resolution(self, t: Any) -> Any:
@@ -187,7 +191,7 @@ class Loop:
             counts = (0, 0, 0)
             memory, last_dt = (1.0, 1.0), math.nan
         if isinstance(self.controller, FixedGrid):
-            dt = self.controller.next_step(self.times[0])
+            dt = self.controller.next_step(t)
         elif first_dt is not None:
             dt = first_dt
         else:
@@ -339,7 +343,7 @@ class Loop:
             def fill(outputs: torch.Tensor) -> torch.Tensor:
                 theta = (times - t) / torch.where(step != 0, step, 1.0)  # (T, R)
                 h = self.arith.step_factor(step, c.y)
-                values = interpolate(self.dense_rows, c.y, h, [*ks, f1], theta)
+                values = self._interpolant(c.y, h, ks, y1, f1, theta)
                 return torch.where(passed[..., None], values, outputs)
 
             if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
@@ -376,12 +380,27 @@ class Loop:
         is not needed for "linear")."""
         theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
                              device=y.device)  # fmt: skip
+        return self._interpolant(y, step, ks, y1, f1, theta)
+
+    def _interpolant(
+        self,
+        y: torch.Tensor,
+        h: Any,
+        ks: list[torch.Tensor],
+        y1: torch.Tensor,
+        f1: torch.Tensor | None,
+        theta: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``interp`` of steps of size h (a float, or (R, 1)) from rows y (R, N) to y1 at
+        fractions ``theta`` (T, R) of the steps: (T, R, N)."""
         if self.interp == "linear":
             return torch.lerp(y, y1, theta[..., None].to(y.dtype))
         assert f1 is not None
         if self.interp == "cubic":
-            return hermite(y, y1, ks[0], f1, step, theta)
-        return interpolate(dense_weights(self.tableau, y.device), y, step, [*ks, f1], theta)
+            return hermite(y, y1, ks[0], f1, h, theta)
+        # (rows: the weights made by on(), outside the compiled loop)
+        weights = self.dense_rows if self.arith.rows else dense_weights(self.tableau, y.device)
+        return interpolate(weights, y, h, [*ks, f1], theta)
 
     def _jump(self, t1: Any, last: Any) -> bool:
         """Whether f may jump at the end t1 of this step (one row): with perturb every fixed

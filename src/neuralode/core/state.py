@@ -137,10 +137,19 @@ class FlatField:
         theirs per iteration)."""
         self.stats.nfe += evaluations
 
-    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        """dy/dt at the float time t for the (1, N) row y; returns a (1, N) row (counted)."""
+    def time(self, t: float | torch.Tensor) -> torch.Tensor:
+        """The 0-d time tensor func gets for the float time t (or a 0-d float64 tensor: an
+        instance's time under torch.func.vmap over t)."""
+        layout = self.layout
+        if torch.is_tensor(t):
+            return t.to(layout.time_dtype)
+        return torch.scalar_tensor(t, dtype=layout.time_dtype, device=layout.device)
+
+    def __call__(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """dy/dt at the time t (see :meth:`time`) for the (1, N) row y; returns a (1, N) row
+        (counted)."""
         self.stats.nfe += 1
-        time = torch.scalar_tensor(t, dtype=self.layout.time_dtype, device=self.layout.device)
+        time = self.time(t)
         if self.is_row and y.dim() == 2:
             return self.func(time, y)
         if self.plain:

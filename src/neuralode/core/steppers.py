@@ -23,6 +23,7 @@ from .arith import Arith
 from .rosenbrock_method import RosenbrockMethod
 from .state import FlatField
 from .tableau import Tableau
+from .transforms import under_transform
 
 Field = Callable[[Any, torch.Tensor], torch.Tensor]
 """field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
@@ -217,10 +218,18 @@ def jacobian_blocks(
     state = y.reshape(-1)
     n = state.numel() // blocks
     time = torch.tensor(t, dtype=y.dtype, device=y.device)
+    cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
+    if under_transform():  # (autograd.grad is refused inside torch.func's transforms; its vjp
+        # composes with them, its result a constant of the step unless ``differentiable``)
+        x = state if differentiable else state.detach()
+        _, pull_back = torch.func.vjp(lambda x: field.evaluate(time, x), x)
+        (rows,) = torch.func.vmap(pull_back)(cotangents.expand(n, blocks, n).reshape(n, -1))
+        field.stats.n_jacobians += 1
+        jacobian = rows.view(n, blocks, n).permute(1, 0, 2)
+        return jacobian if differentiable else jacobian.detach()
     with torch.enable_grad():
         x = state if state.requires_grad and differentiable else state.detach().requires_grad_()
         out = field.evaluate(time, x)
-        cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
         rows = []
         for cotangent in cotangents.expand(n, blocks, n).reshape(n, -1):
             (row,) = torch.autograd.grad(

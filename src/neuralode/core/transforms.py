@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 from torch._C import _functorch
+from torch.autograd import forward_ad
 
 _VMAP = _functorch.TransformType.Vmap
+_JVP = _functorch.TransformType.Jvp
 
 
 def under_transform() -> bool:
@@ -37,6 +39,17 @@ def unwrap(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def first_instance(x: torch.Tensor) -> torch.Tensor:
+    """The plain tensor of ``x``'s values in the first instance of every vmap level (its
+    logical shape)."""
+    while _functorch.maybe_get_level(x) != -1:
+        bdim = _functorch.maybe_get_bdim(x) if _functorch.is_batchedtensor(x) else None
+        x = _functorch.get_unwrapped(x)
+        if bdim is not None:
+            x = x.select(bdim, 0)
+    return x
+
+
 def is_wrapped(x: torch.Tensor) -> bool:
     """``x`` is a torch.func wrapper (batched or tracked by a transform)."""
     return _functorch.maybe_get_level(x) != -1
@@ -53,6 +66,20 @@ def is_batched(x: torch.Tensor) -> bool:
     """``x`` is batched by a torch.func.vmap (at any level of its wrappers)."""
     while _functorch.maybe_get_level(x) != -1:
         if _functorch.is_batchedtensor(x):
+            return True
+        x = _functorch.get_unwrapped(x)
+    return False
+
+
+def carries_tangent(x: torch.Tensor) -> bool:
+    """``x`` carries a tangent of an enclosing torch.func.jvp: its wrapper at a jvp level is a
+    dual tensor (jvp wraps its other arguments too, with none; grad's and vmap's wrappers
+    carry none)."""
+    stack = _functorch.get_interpreter_stack() or ()
+    levels = {level.level() for level in stack if level.key() == _JVP}
+    while _functorch.maybe_get_level(x) != -1:
+        at_jvp = _functorch.maybe_get_level(x) in levels and not _functorch.is_batchedtensor(x)
+        if at_jvp and forward_ad.unpack_dual(x).tangent is not None:
             return True
         x = _functorch.get_unwrapped(x)
     return False

@@ -72,6 +72,13 @@ class Adjoint:
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
+        if under_transform() and isinstance(method, ImplicitMethod):
+            raise TransformError(
+                f"torch.func's transforms through the adjoint with the implicit method "
+                f"{method.name!r} are not supported (its backward solve's Newton iterations "
+                "would differentiate vector-Jacobian products inside the transform): use "
+                "gradient='backprop' or 'checkpoint', or adjoint_method='dopri5'"
+            )
         params = self._params(problem)
         names = parameter_names(problem.field.func, params)
         if under_transform() and any(is_wrapped(p) and not is_batched(p) for p in params):
@@ -80,7 +87,9 @@ class Adjoint:
                 "(functional_call) are not supported through the adjoint: use "
                 "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
             )
-        return _AdjointSolve.apply(problem, self, names, y0, *params)
+        grid = getattr(problem.controller, "grid", None)
+        grid = grid if torch.is_tensor(grid) else None
+        return _AdjointSolve.apply(problem, self, names, problem.batched_times, grid, y0, *params)
 
     def _scipy(self, problem: Problem) -> bool:
         """The backward solve is scipy's too: ``adjoint_method="scipy_solver"``, or the forward
@@ -110,10 +119,13 @@ class Adjoint:
         check_leaves: bool = False,
         differentiable: bool = False,
         names: list[str] | None = None,
+        batched_times: torch.Tensor | None = None,
     ) -> Problem:
         """The augmented problem s = [y, a, g] on one interval between output times, from the
-        last time to the first. With ``check_leaves``, its first vector-Jacobian product warns
-        of tensors func depends on that require grad and are not in ``params``. With
+        last time to the first (``batched_times``: every instance's, under torch.func.vmap over
+        t; see :class:`~neuralode.core.config.Problem`). With ``check_leaves``, its first
+        vector-Jacobian product warns of tensors func depends on that require grad and are
+        not in ``params``. With
         ``differentiable`` (a recorded backward pass: double backward), the products keep
         their graph in y, a and the parameters. ``names``: the parameters' names in func (an
         nn.Module), when ``params`` are not its tensors themselves (inside torch.func)."""
@@ -122,7 +134,9 @@ class Adjoint:
         compiled = problem.execution.compiled and self.options is None and not differentiable
         names = parameter_names(problem.field.func, params) if names is None else names
         vector_jacobian = None
-        if compiled or differentiable:
+        # (torch.func.vjp composes with torch.func's levels; autograd.grad inside a grad
+        # transform does not)
+        if compiled or differentiable or under_transform():
             vector_jacobian = _functional_vjp(problem, params, names)
         if differentiable and vector_jacobian is None:
             raise TransformError(
@@ -161,10 +175,12 @@ class Adjoint:
             options = dict(self.options or {})
             norm = options.pop("norm", None)
             rtol, atol = problem.tolerance.rtol.min(), problem.tolerance.atol.min()
+            if batched_times is None:
+                batched_times = torch.tensor(times, dtype=torch.float64, device=state.device)
             built = make_problem(
                 augmented,
                 state,
-                torch.tensor(times, dtype=torch.float64, device=state.device),
+                batched_times,
                 float(rtol) if self.rtol is None else self.rtol,
                 float(atol) if self.atol is None else self.atol,
                 SCIPY_METHOD if scipy else backward_method,
@@ -177,10 +193,11 @@ class Adjoint:
         method = problem.method if self.method is None else resolve_method(self.method)
         tolerance = self._tolerance(problem.tolerance, size, n_params)
         controller: AdaptiveController | FixedGrid
+        ends = times if batched_times is None else batched_times  # (each instance's)
         if isinstance(problem.controller, FixedGrid) and not method.adaptive:
-            controller = problem.controller.within(times[0], times[-1])
+            controller = problem.controller.within(ends[0], ends[-1])
         elif not method.adaptive:
-            controller = FixedGrid((times[0], times[-1]))
+            controller = FixedGrid(tuple(ends) if batched_times is None else ends)
         elif isinstance(problem.controller, AdaptiveController):
             controller = replace(problem.controller, error_order=method.error_order,
                                  tolerance=tolerance)  # fmt: skip
@@ -200,6 +217,7 @@ class Adjoint:
             problem.max_num_steps,
             callbacks=callbacks,
             stats=stats,
+            batched_times=batched_times,
         )
         return _with_augmented_norm(built, None, problem, params)
 
@@ -432,30 +450,43 @@ class _AdjointSolve(torch.autograd.Function):
     backward pass is differentiable when autograd records it (``create_graph=True``, or any
     torch.func transform, which always records): the backward solve then runs under autograd
     (its vector-Jacobian products keep their graph) and the saved solution is the forward's
-    output, so that a second derivative flows back through this Function again."""
+    output, so that a second derivative flows back through this Function again.
+
+    ``times``, ``grid``: the problem's batched times and fixed grid under torch.func.vmap over
+    t (else None), inputs so that the generated vmap rule hands each pass the tensors of its
+    own vmap level."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        problem: Problem, mode: Adjoint, names: Any, y0: torch.Tensor, *params: torch.Tensor
+        problem: Problem,
+        mode: Adjoint,
+        names: Any,
+        times: torch.Tensor | None,
+        grid: torch.Tensor | None,
+        y0: torch.Tensor,
+        *params: torch.Tensor,
     ) -> Any:
         with torch.no_grad():
-            return integrate(problem, y0)
+            return integrate(_timed(problem, times, grid), y0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        problem, mode, names, y0, *params = inputs
+        problem, mode, names, times, grid, y0, *params = inputs
         ctx.problem, ctx.mode, ctx.names = problem, mode, names
-        ctx.save_for_backward(output, *params)
-        ctx.save_for_forward(y0, *params)
+        ctx.save_for_backward(output, times, grid, *params)
+        ctx.save_for_forward(y0, times, grid, *params)
 
     @staticmethod
-    def jvp(ctx: Any, _p: None, _m: None, _n: None, y0_t: Any, *param_ts: Any) -> torch.Tensor:
+    def jvp(
+        ctx: Any, _p: None, _m: None, _n: None, _t: Any, _g: Any, y0_t: Any, *param_ts: Any
+    ) -> torch.Tensor:
         """Forward mode: the tangent of the forward solve itself (forward-mode differentiation
         of its steps, as with gradient='backprop'), with respect to y0 and the parameters."""
-        problem, names = ctx.problem, ctx.names
-        y0, *params = ctx.saved_tensors
+        names = ctx.names
+        y0, times, grid, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times, grid)
         moving = [i for i, tangent in enumerate(param_ts) if tangent is not None]
         if moving and names is None:
             raise TransformError(
@@ -470,12 +501,6 @@ class _AdjointSolve(torch.autograd.Function):
         chosen = [names[i] for i in moving]
 
         def solve(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
-            bound = dict(zip(chosen, values, strict=True))
-            module = problem.field.func
-
-            def func(t: torch.Tensor, state: Any) -> Any:
-                return torch.func.functional_call(module, bound, (t, state))
-
             return integrate(_bind(problem, chosen, values), y)
 
         primals = (y0, *(params[i] for i in moving))
@@ -484,8 +509,9 @@ class _AdjointSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        problem, mode = ctx.problem, ctx.mode
-        ys, *params = ctx.saved_tensors
+        mode = ctx.mode
+        ys, times, grid, *params = ctx.saved_tensors
+        problem = _timed(ctx.problem, times, grid)
         differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
         adjoint = grad_ys[-1]
@@ -498,6 +524,7 @@ class _AdjointSolve(torch.autograd.Function):
                 check_leaves=i == len(problem.times) - 1,
                 differentiable=differentiable,
                 names=ctx.names,
+                batched_times=None if times is None else times[i - 1 : i + 1].flip(0),
             )
             state = torch.cat([ys[i], adjoint, grad_params])
             if not differentiable:
@@ -511,7 +538,16 @@ class _AdjointSolve(torch.autograd.Function):
             g.view_as(p)
             for g, p in zip(grad_params.split([p.numel() for p in params]), params, strict=True)
         ]
-        return (None, None, None, adjoint, *grads)
+        return (None, None, None, None, None, adjoint, *grads)
+
+
+def _timed(problem: Problem, times: torch.Tensor | None, grid: torch.Tensor | None) -> Problem:
+    """The problem on the batched times and grid handed to :class:`_AdjointSolve` (None: its
+    own)."""
+    if times is None:
+        return problem
+    controller = problem.controller if grid is None else replace(problem.controller, grid=grid)
+    return replace(problem, batched_times=times, controller=controller)
 
 
 def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:

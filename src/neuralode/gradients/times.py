@@ -13,7 +13,7 @@ import torch
 from torch.autograd import forward_ad
 
 from ..core.config import Problem
-from ..core.transforms import differentiated_further, is_wrapped, under_transform
+from ..core.transforms import carries_tangent, differentiated_further
 from ..errors import TransformError
 
 _SECOND_ORDER = (
@@ -46,11 +46,11 @@ class _StartTimeGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        y0, _ = ctx.saved_tensors
+        y0, t0 = ctx.saved_tensors
         if differentiated_further(grad, y0):
             raise TransformError(_SECOND_ORDER)
         with torch.no_grad():
-            f0 = ctx.problem.field(ctx.problem.times[0], y0).view(-1)
+            f0 = ctx.problem.field(t0.double(), y0).view(-1)
         return grad, -(grad * f0).sum(), None
 
     @staticmethod
@@ -108,7 +108,7 @@ def with_time_gradients(
     solution = torch.cat([y0[None], solution[1:]])  # y(t0) = y0 does not move with t0
     with torch.no_grad():
         derivatives = torch.cat(
-            [problem.field(time, y) for time, y in zip(problem.times, solution, strict=True)]
+            [problem.field(time, y) for time, y in zip(problem.output_times, solution, strict=True)]
         )
     return _OutputTimeGradient.apply(solution, t, derivatives)
 
@@ -117,5 +117,4 @@ def _has_tangent(t: torch.Tensor) -> bool:
     """``t`` carries a forward-mode tangent (a dual tensor, or a torch.func jvp level's)."""
     if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
         return True
-    outer_batched = torch._C._functorch.is_batchedtensor(t)
-    return under_transform() and is_wrapped(t) and not t.requires_grad and not outer_batched
+    return carries_tangent(t)
