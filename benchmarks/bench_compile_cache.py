@@ -3,7 +3,7 @@
 
 Each case runs in fresh processes, in this order: with an empty cache folder (cold: the solve is
 compiled and kept), again with that folder (warm: loaded), and with ``NEURALODE_COMPILE_CACHE=off``
-(compiled by torch.compile as before the cache). Times are wall seconds of the first
+(compiled by torch.compile in the process, the default). Times are wall seconds of the first
 ``odeint(..., options={"compile": True})`` call in the process (after ``import neuralode`` and
 building the field), its median over ``--rounds`` rounds, and the import time.
 
@@ -41,10 +41,13 @@ def solve():
 start = time.perf_counter()
 solve()
 first = time.perf_counter() - start
-start = time.perf_counter()
-for _ in range(20):
-    solve()
-later = (time.perf_counter() - start) / 20
+blocks = []
+for _ in range(7):
+    start = time.perf_counter()
+    for _ in range(40):
+        solve()
+    blocks.append((time.perf_counter() - start) / 40)
+later = sorted(blocks)[3]
 print(json.dumps({{"import_s": imported, "first_s": first, "later_ms": 1e3 * later}}))
 """
 
@@ -92,10 +95,10 @@ def table(rows: list[dict], rounds: int, threads: int) -> str:
         f"{setting['date']}; {setting['cpu']} ({setting['cpu_count']} cores, load average "
         f"{setting['load_average_1min_start']} at the start); torch {setting['torch']}",
         "- Fresh processes per case: cold (empty cache folder: compiled and kept), warm (the same "
-        "folder: loaded), cache off (torch.compile in the process, as before the cache). Median "
+        "folder: loaded), cache off (torch.compile in the process, the default). Median "
         f"over {rounds} rounds of the first `odeint(..., options={{'compile': True}})` call's "
         "wall time (dopri5, rtol = atol = 1e-6, float32, under `torch.no_grad()`), and of later "
-        "calls.",
+        "calls (the median of 7 blocks of 40 calls in each process).",
         "",
         "| case | first call, cold (s) | first call, warm (s) | first call, cache off (s) | "
         "later calls, warm (ms) | later calls, cache off (ms) | import neuralode (s) |",

@@ -60,11 +60,13 @@ def test_the_key_changes_with_the_code_the_constants_and_the_inputs() -> None:
 
 
 def test_the_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("NEURALODE_COMPILE_CACHE", raising=False)
+    assert cache_folder() is None  # off unless asked for
     monkeypatch.setenv("NEURALODE_COMPILE_CACHE", str(tmp_path))
     assert cache_folder() == tmp_path
     monkeypatch.setenv("NEURALODE_COMPILE_CACHE", "off")
     assert cache_folder() is None
-    monkeypatch.delenv("NEURALODE_COMPILE_CACHE")
+    monkeypatch.setenv("NEURALODE_COMPILE_CACHE", "on")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_folder() == tmp_path / "neuralode" / "compiled"
 

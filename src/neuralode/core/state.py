@@ -131,6 +131,7 @@ class FlatField:
         self.plain = not layout.is_tuple and layout.dtype == layout.working_dtype
         self.is_row = self.plain and len(shape) == 2 and shape[0] == 1
         self.shape = shape
+        self.time_dtype, self.device = layout.time_dtype, layout.device
 
     def count(self, evaluations: int) -> None:
         """Record evaluations of the field (the one writer of ``stats.nfe``; row solves count
@@ -149,7 +150,10 @@ class FlatField:
         """dy/dt at the time t (see :meth:`time`) for the (1, N) row y; returns a (1, N) row
         (counted)."""
         self.stats.nfe += 1
-        time = self.time(t)
+        if isinstance(t, float):  # (the shared-step clock; written out: once per evaluation)
+            time = torch.scalar_tensor(t, dtype=self.time_dtype, device=self.device)
+        else:
+            time = self.time(t)
         if self.is_row and y.dim() == 2:
             return self.func(time, y)
         if self.plain:
