@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 "seed": config["seed"],
                 "field_hidden": config.get("field_hidden") if config["model"] != "rnn" else None,
                 "prefix_prob": config.get("prefix_prob", 0.0) if config["model"] != "rnn" else 0.0,
+                "latent_dim": config.get("latent_dim", 4) if config["model"] != "rnn" else None,
                 "parameters": count_parameters(model),
                 "epochs": len(epochs),
                 "train_minutes": sum(e["seconds"] for e in epochs) / 60,
@@ -156,9 +157,11 @@ def _seed_summary(rows: list[dict[str, Any]], order: dict[str, int]) -> list[str
 
 
 def _name(row: dict[str, Any], seed: bool = True) -> str:
-    """The model, its latent field's widths, its learning rate, its training prefix share and
-    (with ``seed``) its seed."""
-    field = f"field {row['field_hidden']}, " if row["field_hidden"] else ""
+    """The model, its latent size (where not the paper's 4), its latent field's widths, its
+    learning rate, its training prefix share and (with ``seed``) its seed."""
+    latent = row.get("latent_dim")
+    field = f"latent {latent}, " if latent not in (None, 4) else ""
+    field += f"field {row['field_hidden']}, " if row["field_hidden"] else ""
     prefix = f", prefix {row['prefix_prob']:g}" if row.get("prefix_prob") else ""
     seeded = f", seed {row['seed']}" if seed and row["seed"] else ""
     return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g}{prefix}{seeded})"
