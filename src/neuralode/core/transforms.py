@@ -16,6 +16,8 @@ from torch._C import _functorch
 from torch.autograd import forward_ad
 
 _VMAP = _functorch.TransformType.Vmap
+_EXITED = -2
+"""The level torch.func reports for a wrapper whose transform has exited."""
 _JVP = _functorch.TransformType.Jvp
 
 
@@ -96,14 +98,18 @@ def differentiated_further(*tensors: torch.Tensor) -> bool:
     current = _functorch.maybe_current_level()
     for x in tensors:
         level = _functorch.maybe_get_level(x)
-        if current is not None and level == current and not _functorch.is_batchedtensor(x):
-            x = _functorch.get_unwrapped(x)  # this backward's own level
+        # This backward's own level, or a level that has exited (a torch.func.vjp's pullback,
+        # called after its transform returned): neither differentiates the backward again.
+        own = (current is not None and level == current) or level == _EXITED
+        if own and not _functorch.is_batchedtensor(x):
+            x = _functorch.get_unwrapped(x)
         elif x.requires_grad:
             return True
         if _functorch.maybe_get_level(x) == -1 and x.requires_grad:
             return True
         while _functorch.maybe_get_level(x) != -1:
-            if not _functorch.is_batchedtensor(x):
+            exited = _functorch.maybe_get_level(x) == _EXITED
+            if not (exited or _functorch.is_batchedtensor(x)):
                 return True
             x = _functorch.get_unwrapped(x)
         if x.requires_grad:

@@ -33,9 +33,8 @@ from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
 from ..core.transforms import (
+    carries_tangent,
     differentiated_further,
-    is_batched,
-    is_wrapped,
     under_transform,
     unwrap,
 )
@@ -81,12 +80,6 @@ class Adjoint:
             )
         params = self._params(problem)
         names = parameter_names(problem.field.func, params)
-        if under_transform() and any(is_wrapped(p) and not is_batched(p) for p in params):
-            raise TransformError(
-                "torch.func's grad and jvp transforms with respect to func's parameters "
-                "(functional_call) are not supported through the adjoint: use "
-                "gradient='backprop' or gradient='checkpoint' (vmap over them is supported)"
-            )
         grid = getattr(problem.controller, "grid", None)
         grid = grid if torch.is_tensor(grid) else None
         return _AdjointSolve.apply(problem, self, names, problem.batched_times, grid, y0, *params)
@@ -109,7 +102,8 @@ class Adjoint:
                 "the adjoint method needs the parameters of func: pass func as an nn.Module or "
                 "give adjoint_params=(tensors func depends on)"
             )
-        return tuple(p for p in params if p.requires_grad)
+        # (a parameter torch.func.jvp moves carries a tangent and does not require grad)
+        return tuple(p for p in params if p.requires_grad or carries_tangent(p))
 
     def backward_problem(
         self,
@@ -138,12 +132,13 @@ class Adjoint:
         # transform does not)
         if compiled or differentiable or under_transform():
             vector_jacobian = _functional_vjp(problem, params, names)
-        if differentiable and vector_jacobian is None:
+        if (differentiable or under_transform()) and vector_jacobian is None:
             raise TransformError(
                 "a differentiable backward pass through the adjoint (create_graph=True, or a "
                 "torch.func transform) needs func to be an nn.Module whose trainable parameters "
-                "are the adjoint's (no other adjoint_params): use gradient='backprop' or "
-                "gradient='checkpoint' for this function"
+                "are the adjoint's, or no adjoint_params at all: use gradient='backprop' or "
+                "gradient='checkpoint' for this function, or call the module with "
+                "torch.func.functional_call"
             )
         backward_method = self.method or problem.method
         scipy = self._scipy(problem)
@@ -297,7 +292,9 @@ def _autograd_vjp(
 
 def parameter_names(func: Any, params: Sequence[torch.Tensor]) -> list[str] | None:
     """The names of ``params`` in the nn.Module ``func`` (None if func is no module or one of
-    them is not its parameter)."""
+    them is not its parameter; no names for no parameters, whatever func is)."""
+    if not params:
+        return []
     if not isinstance(func, torch.nn.Module):
         return None
     names = {id(p): name for name, p in func.named_parameters()}
@@ -312,13 +309,15 @@ def _functional_vjp(
     """Vector-Jacobian products by torch.func.vjp, which torch.compile traces into the compiled
     loop and which keeps its graph for a differentiable backward pass (its derivatives stop at
     y and the parameters); only for an nn.Module func whose parameters are all the adjoint's,
-    named ``param_names`` (None otherwise)."""
+    named ``param_names``, or for any func with no parameters (None otherwise)."""
     layout, func = problem.layout, problem.field.func
     if param_names is None:
         return None
 
     def vector_jacobian(t: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> Any:
         def call(y: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            if not values:  # (func may be any callable)
+                return layout.flatten(func(t, layout.unflatten(y)))
             bound = dict(zip(param_names, values, strict=True))
             out = torch.func.functional_call(func, bound, (t, layout.unflatten(y)))
             return layout.flatten(out)
@@ -468,8 +467,11 @@ class _AdjointSolve(torch.autograd.Function):
         y0: torch.Tensor,
         *params: torch.Tensor,
     ) -> Any:
+        problem = _timed(problem, times, grid)
+        if names and under_transform():  # (func's parameters: these inputs, at
+            problem = _bind(problem, names, params)  # this level of torch.func's transforms)
         with torch.no_grad():
-            return integrate(_timed(problem, times, grid), y0)
+            return integrate(problem, y0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:

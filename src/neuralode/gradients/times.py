@@ -1,8 +1,10 @@
-"""Gradients with respect to the output times, attached whatever the gradient mode.
+"""Derivatives with respect to the output times, attached whatever the gradient mode.
 
 y(t_i) moves with t_i at the rate f(t_i, y_i), and the whole solution moves with its start time:
 ∂y(t)/∂t0 = −Φ(t, t0) f(t0, y0), so the gradient reaching y0 through the solve, contracted with
-−f(t0, y0), is dL/dt0.
+−f(t0, y0), is dL/dt0. Forward mode is the same in the other direction: a tangent δt0 of the
+start is the tangent −f(t0, y0) δt0 of y0, carried by the solve; a tangent δt_i of an output
+time adds f(t_i, y_i) δt_i to y(t_i)'s.
 """
 
 from __future__ import annotations
@@ -22,15 +24,11 @@ _SECOND_ORDER = (
     "differences, or detach t when only derivatives with respect to y0 or the parameters are "
     "differentiated again"
 )
-_FORWARD = (
-    "forward mode (torch.func.jvp, jacfwd, forward_ad) with respect to the output times t is "
-    "not supported: take dL/dt by reverse mode (torch.autograd.grad)"
-)
 
 
 class _StartTimeGradient(torch.autograd.Function):
-    """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩; forward mode
-    with respect to t0 is refused."""
+    """Identity on y0 whose backward also returns dL/dt0 = −⟨dL/dy0, f(t0, y0)⟩, and whose
+    forward mode adds −f(t0, y0) δt0 to y0's tangent."""
 
     generate_vmap_rule = True
 
@@ -55,16 +53,18 @@ class _StartTimeGradient(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, y0_t: Any, t0_t: Any, _: None) -> torch.Tensor:
-        y0, _ = ctx.saved_tensors
-        if t0_t is not None:
-            raise TransformError(_FORWARD)
-        return torch.zeros_like(y0) if y0_t is None else y0_t
+        y0, t0 = ctx.saved_tensors
+        tangent = torch.zeros_like(y0) if y0_t is None else y0_t
+        if t0_t is None:
+            return tangent
+        f0 = ctx.problem.field(t0.double(), y0).view(-1)
+        return tangent - f0 * t0_t.to(f0.dtype)
 
 
 class _OutputTimeGradient(torch.autograd.Function):
     """Identity on the solution whose backward also returns dL/dt_i = ⟨dL/dy(t_i), f(t_i, y_i)⟩
-    for the output times after the first (the first is handled by :class:`_StartTimeGradient`);
-    forward mode with respect to t is refused."""
+    for the output times after the first (the first is handled by :class:`_StartTimeGradient`),
+    and whose forward mode adds f(t_i, y_i) δt_i to the tangent of y(t_i)."""
 
     generate_vmap_rule = True
 
@@ -89,19 +89,19 @@ class _OutputTimeGradient(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, solution_t: Any, t_t: Any, _: None) -> torch.Tensor:
         (derivatives,) = ctx.saved_tensors
-        if t_t is not None:
-            raise TransformError(_FORWARD)
-        return torch.zeros_like(derivatives) if solution_t is None else solution_t
+        tangent = torch.zeros_like(derivatives) if solution_t is None else solution_t
+        if t_t is None:
+            return tangent
+        moved = derivatives[1:] * t_t[1:, None].to(derivatives.dtype)
+        return tangent + torch.cat([torch.zeros_like(derivatives[:1]), moved])
 
 
 def with_time_gradients(
     problem: Problem, t: torch.Tensor, solve: Any, y0: torch.Tensor
 ) -> torch.Tensor:
-    """``solve(problem, y0)`` (states (len(t), N)) with, when ``t`` requires grad, the
-    exact-solution gradients with respect to the times attached."""
-    if not t.requires_grad:
-        if _has_tangent(t):
-            raise TransformError(_FORWARD)
+    """``solve(problem, y0)`` (states (len(t), N)) with, when ``t`` requires grad or carries a
+    forward-mode tangent, the exact solution's derivatives with respect to the times attached."""
+    if not (t.requires_grad or _has_tangent(t)):
         return solve(problem, y0)
     moved = _StartTimeGradient.apply(y0, t[0], problem)
     solution = solve(problem, moved)
