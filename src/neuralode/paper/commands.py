@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from neuralode import __version__
 
@@ -47,102 +48,96 @@ class Command:
     subcommands: Mapping[str, Command] = field(default_factory=dict)
 
 
+def _experiment_command(module: ModuleType, help: str) -> Command:
+    """The command of an experiment ``module``: described by its docstring, with the options of
+    its ``add_arguments`` and run by its ``run``."""
+    return Command(help, module.__doc__ or "", module.add_arguments, module.run)
+
+
+def _group_command(module: ModuleType, help: str, **subcommands: Command) -> Command:
+    """A group of ``subcommands`` (``neuralode mnist train``), described by ``module``'s
+    docstring."""
+    return Command(help, module.__doc__ or "", subcommands=subcommands)
+
+
+def _train_command(module: ModuleType, help: str, what: str) -> Command:
+    """``train`` of an experiment ``module`` (its ``add_train_arguments`` and ``train``), which
+    trains ``what`` (e.g. "one flow")."""
+    description = f"Train {what}; checkpoints and a JSONL log go to --out."
+    return Command(help, description, module.add_train_arguments, module.train)
+
+
+def _eval_command(module: ModuleType, help: str, description: str) -> Command:
+    """``eval`` of an experiment ``module`` (its ``add_eval_arguments`` and ``evaluate``)."""
+    return Command(help, description, module.add_eval_arguments, module.evaluate)
+
+
 COMMANDS: dict[str, Command] = {
-    "demo": Command(
-        help="learn a 2-D spiral's vector field from its trajectory (about a minute on a CPU)",
-        description=spiral_demo.__doc__ or "",
-        add_arguments=spiral_demo.add_arguments,
-        run=spiral_demo.run,
+    "demo": _experiment_command(
+        spiral_demo,
+        "learn a 2-D spiral's vector field from its trajectory (about a minute on a CPU)",
     ),
-    "bouncing-ball": Command(
-        help="fit gravity and restitution to a bouncing ball's bounce times (events, ~10 s)",
-        description=bouncing_ball.__doc__ or "",
-        add_arguments=bouncing_ball.add_arguments,
-        run=bouncing_ball.run,
+    "bouncing-ball": _experiment_command(
+        bouncing_ball,
+        "fit gravity and restitution to a bouncing ball's bounce times (events, ~10 s)",
     ),
-    "augmented": Command(
-        help="plain vs augmented vs input-conditioned Neural ODEs on a 1-D swap and 2-D circles",
-        description=augmented.__doc__ or "",
-        add_arguments=augmented.add_arguments,
-        run=augmented.run,
+    "augmented": _experiment_command(
+        augmented,
+        "plain vs augmented vs input-conditioned Neural ODEs on a 1-D swap and 2-D circles",
     ),
-    "cnf": Command(
-        help="continuous normalizing flows vs planar flows: 2-D densities and 14x14 MNIST",
-        description=cnf.__doc__ or "",
-        subcommands={
-            "train": Command(
-                help="train one flow by maximum likelihood (--data) or density matching (--target)",
-                description="Train one flow; checkpoints and a JSONL log go to --out.",
-                add_arguments=cnf.add_train_arguments,
-                run=cnf.train,
-            ),
-            "eval": Command(
-                help="test NLL (nats), KL or bits/dim of a saved flow",
-                description="Score a saved flow on held-out data (the same for every model).",
-                add_arguments=cnf.add_eval_arguments,
-                run=cnf.evaluate,
-            ),
-            "sample": Command(
-                help="draw samples from a saved flow and plot them",
-                description="Draw samples from a saved flow; writes a PNG.",
-                add_arguments=cnf.add_sample_arguments,
-                run=cnf.sample,
-            ),
-            "report": Command(
-                help="results/cnf.md, cnf.json and the figures from finished runs",
-                description=cnf_report.__doc__ or "",
-                add_arguments=cnf_report.add_arguments,
-                run=cnf_report.run,
-            ),
-        },
+    "cnf": _group_command(
+        cnf,
+        "continuous normalizing flows vs planar flows: 2-D densities and 14x14 MNIST",
+        train=_train_command(
+            cnf,
+            "train one flow by maximum likelihood (--data) or density matching (--target)",
+            "one flow",
+        ),
+        eval=_eval_command(
+            cnf,
+            "test NLL (nats), KL or bits/dim of a saved flow",
+            "Score a saved flow on held-out data (the same for every model).",
+        ),
+        sample=Command(
+            "draw samples from a saved flow and plot them",
+            "Draw samples from a saved flow; writes a PNG.",
+            cnf.add_sample_arguments,
+            cnf.sample,
+        ),
+        report=_experiment_command(
+            cnf_report, "results/cnf.md, cnf.json and the figures from finished runs"
+        ),
     ),
-    "latent": Command(
-        help="latent ODE against an RNN on irregularly sampled spirals (Table 2)",
-        description=latent.__doc__ or "",
-        subcommands={
-            "train": Command(
-                help="train one model at one number of observations",
-                description="Train one Table 2 model; checkpoints and a JSONL log go to --out.",
-                add_arguments=latent.add_train_arguments,
-                run=latent.train,
-            ),
-            "eval": Command(
-                help="RMSE of a saved model on held-out spirals",
-                description="Score a saved model on the held-out spirals.",
-                add_arguments=latent.add_eval_arguments,
-                run=latent.evaluate,
-            ),
-            "report": Command(
-                help="results/latent_ode.md, latent_ode.json and the figures from finished runs",
-                description=latent_report.__doc__ or "",
-                add_arguments=latent_report.add_arguments,
-                run=latent_report.run,
-            ),
-        },
+    "latent": _group_command(
+        latent,
+        "latent ODE against an RNN on irregularly sampled spirals (Table 2)",
+        train=_train_command(
+            latent, "train one model at one number of observations", "one Table 2 model"
+        ),
+        eval=_eval_command(
+            latent,
+            "RMSE of a saved model on held-out spirals",
+            "Score a saved model on the held-out spirals.",
+        ),
+        report=_experiment_command(
+            latent_report,
+            "results/latent_ode.md, latent_ode.json and the figures from finished runs",
+        ),
     ),
-    "mnist": Command(
-        help="the paper's MNIST classifiers (Table 1): train or evaluate one model",
-        description=mnist.__doc__ or "",
-        subcommands={
-            "train": Command(
-                help="train one model (ODE-Net, ResNet, RK-Net or MLP)",
-                description="Train one Table 1 model; checkpoints and a JSONL log go to --out.",
-                add_arguments=mnist.add_train_arguments,
-                run=mnist.train,
-            ),
-            "eval": Command(
-                help="test error of a saved model on the MNIST test set",
-                description="Evaluate a saved model on the 10,000 MNIST test images.",
-                add_arguments=mnist.add_eval_arguments,
-                run=mnist.evaluate,
-            ),
-            "report": Command(
-                help="results/mnist.md: Table 1 and the adaptive-computation figure",
-                description=mnist_report.__doc__ or "",
-                add_arguments=mnist_report.add_arguments,
-                run=mnist_report.run,
-            ),
-        },
+    "mnist": _group_command(
+        mnist,
+        "the paper's MNIST classifiers (Table 1): train or evaluate one model",
+        train=_train_command(
+            mnist, "train one model (ODE-Net, ResNet, RK-Net or MLP)", "one Table 1 model"
+        ),
+        eval=_eval_command(
+            mnist,
+            "test error of a saved model on the MNIST test set",
+            "Evaluate a saved model on the 10,000 MNIST test images.",
+        ),
+        report=_experiment_command(
+            mnist_report, "results/mnist.md: Table 1 and the adaptive-computation figure"
+        ),
     ),
 }
 

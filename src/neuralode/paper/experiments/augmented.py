@@ -37,10 +37,8 @@ from ..data.topology import concentric_circles, map1d
 from ..training import TensorBatches, Trainer
 from .augmented_figures import plot_circles, plot_map1d
 from .common import (
-    RUN_OPTIONS,
-    add_device_arguments,
-    add_results_argument,
-    add_run_arguments,
+    RESULTS_RUN_OPTIONS,
+    add_results_run_arguments,
     run_config,
     start_training,
     trainer_options,
@@ -71,12 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="seeds --seed, --seed + 1, ..."
     )
-    add_results_argument(parser, "runs/augmented", "table and figures")
-    add_run_arguments(parser, "runs/augmented", checkpoint_every=120.0, batch_option=False)
-    add_device_arguments(parser)
+    add_results_run_arguments(parser, "runs/augmented", "table and figures", checkpoint_every=120.0)
 
 
-RUN_WIDE_OPTIONS = RUN_OPTIONS | {"tasks", "models", "repeats", "results"}
+RUN_WIDE_OPTIONS = RESULTS_RUN_OPTIONS | {"tasks", "models", "repeats"}
 """Options a resumed run may change: also those that choose the runs, not what one computes."""
 
 
@@ -153,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     evaluate=lambda m, x=x_test, y=y_test: evaluate(m, x, y),
                     config={**run_config(args), "task": task, "model": name, "seed": seed},
                     distributed=distributed,
-                    **{**trainer_options(args), "may_change": RUN_WIDE_OPTIONS},
+                    **trainer_options(args, may_change=RUN_WIDE_OPTIONS),
                 )
                 result = trainer.fit(resume=args.resume)
                 if not result.completed:

@@ -26,10 +26,8 @@ from .. import arguments
 from ..plots import new_figure, save_figure
 from ..training import TensorBatches, Trainer
 from .common import (
-    RUN_OPTIONS,
-    add_device_arguments,
-    add_results_argument,
-    add_run_arguments,
+    RESULTS_RUN_OPTIONS,
+    add_results_run_arguments,
     run_config,
     start_training,
     trainer_options,
@@ -61,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="initial restitution guess",
     )
-    add_results_argument(parser, "runs/bouncing_ball", "table and figure")
-    add_run_arguments(parser, "runs/bouncing_ball", checkpoint_every=60.0, batch_option=False)
-    add_device_arguments(parser)
+    add_results_run_arguments(
+        parser, "runs/bouncing_ball", "table and figure", checkpoint_every=60.0
+    )
 
 
 class BouncingBall(nn.Module):
@@ -146,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         config={**run_config(args)},
         distributed=distributed,
-        **{**trainer_options(args), "may_change": RUN_OPTIONS | {"results"}},
+        **trainer_options(args, may_change=RESULTS_RUN_OPTIONS),
     )
     result = trainer.fit(resume=args.resume)
     if not result.completed:

@@ -51,8 +51,11 @@ from ..training import SampledBatches, Trainer
 from ..training.progress import evaluation_bar
 from .cnf_figures import plot_image_grid, plot_samples_2d
 from .common import (
+    add_checkpoint_argument,
     add_device_arguments,
+    add_mnist_folder_argument,
     add_run_arguments,
+    add_tol_override_argument,
     load_run,
     run_config,
     start_command,
@@ -140,43 +143,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_checkpoint(parser)
-    parser.add_argument(
-        "--samples",
-        type=arguments.positive_int,
-        default=10000,
-        help="test samples (images: the first N)",
-    )
-    _add_tol_override(parser)
+    add_checkpoint_argument(parser)
+    add_test_samples_argument(parser, "test samples (images: the first N)")
+    add_tol_override_argument(parser, "solver tolerance")
     _add_common(parser)
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_checkpoint(parser)
+    add_checkpoint_argument(parser)
     parser.add_argument(
         "--samples", type=arguments.positive_int, default=20000, help="how many samples to draw"
     )
     parser.add_argument("--out", type=Path, required=True, help="PNG of the samples")
-    _add_tol_override(parser)
+    add_tol_override_argument(parser, "solver tolerance")
     _add_common(parser)
 
 
-def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        type=arguments.existing_file,
-        required=True,
-        help="model.pt or checkpoint.pt",
-    )
-
-
-def _add_tol_override(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tol",
-        type=arguments.positive_float,
-        default=None,
-        help="solver tolerance (default: as trained)",
-    )
+def add_test_samples_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--samples: how many held-out samples (images: the first test images) a flow is scored
+    on, 10,000 by default."""
+    parser.add_argument("--samples", type=arguments.positive_int, default=10000, help=help)
 
 
 def _add_solver_arguments(parser: argparse.ArgumentParser, default_tol: float) -> None:
@@ -192,13 +178,7 @@ def _add_solver_arguments(parser: argparse.ArgumentParser, default_tol: float) -
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="MNIST folder for --data mnist14 (default: $NEURALODE_DATA or "
-        "~/.cache/neuralode/mnist)",
-    )
+    add_mnist_folder_argument(parser, "MNIST folder for --data mnist14")
     parser.add_argument(
         "--download", action="store_true", help="download MNIST if missing (--data mnist14)"
     )

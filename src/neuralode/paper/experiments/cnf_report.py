@@ -24,7 +24,6 @@ from torch import nn
 
 from neuralode.nn import CNF, standard_normal_log_prob
 
-from .. import arguments
 from ..data.toy2d import TARGETS, reference_log_prob
 from ..mnist_models import count_parameters
 from ..training.run_log import read_log
@@ -32,13 +31,14 @@ from .cnf import (
     ImageTask,
     LikelihoodTask,
     MatchingTask,
+    add_test_samples_argument,
     draw_samples,
     load_flow,
     make_task,
     target_log_normalizer,
 )
 from .cnf_figures import density_grid, plot_image_grid, plot_panels
-from .common import add_device_arguments, start_command
+from .common import add_device_arguments, add_mnist_folder_argument, start_command
 
 MODEL_NAMES = {
     "cnf": "CNF",
@@ -56,18 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runs", type=Path, default=Path("runs/cnf"), help="folder of run folders (runs/cnf)"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="where cnf.md goes")
-    parser.add_argument(
-        "--samples",
-        type=arguments.positive_int,
-        default=10000,
-        help="held-out samples per score",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="MNIST folder for mnist14 runs (default: $NEURALODE_DATA or ~/.cache/neuralode/mnist)",
-    )
+    add_test_samples_argument(parser, "held-out samples per score")
+    add_mnist_folder_argument(parser, "MNIST folder for mnist14 runs")
     add_device_arguments(parser)
 
 

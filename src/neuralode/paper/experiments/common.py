@@ -1,6 +1,7 @@
-"""What the experiment commands share: run-folder, guard and device options, the start of a
-command (joining the ``torchrun`` process group for training), the configuration a run saves,
-and loading a saved run (checked to come from the right experiment and to fit its model)."""
+"""What the experiment commands share: run-folder, results, guard and device options, the
+options naming a saved run (--checkpoint, --tol) or the MNIST folder, the start of a command
+(joining the ``torchrun`` process group for training), the configuration a run saves, and
+loading a saved run (checked to come from the right experiment and to fit its model)."""
 
 from __future__ import annotations
 
@@ -95,24 +96,69 @@ def add_run_arguments(
     )
 
 
-def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Trainer's keyword arguments that come from :func:`add_run_arguments`' options."""
+def add_results_run_arguments(
+    parser: argparse.ArgumentParser, folder: str, what: str, checkpoint_every: float
+) -> None:
+    """The options of a command that trains its runs and then writes ``what`` (a table and
+    figures): --results, the folder of ``what`` (default ``folder``, under runs/; pass
+    ``results`` to update the committed ones), then :func:`add_run_arguments`' (--out also
+    defaulting to ``folder``; no --batch-size) and :func:`add_device_arguments`'."""
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path(folder),
+        help=f"folder of the {what} (results: update the committed ones)",
+    )
+    add_run_arguments(parser, folder, checkpoint_every, batch_option=False)
+    add_device_arguments(parser)
+
+
+RESULTS_RUN_OPTIONS = RUN_OPTIONS | {"results"}
+"""Options a resumed run of :func:`add_results_run_arguments`' command may change."""
+
+
+def trainer_options(
+    args: argparse.Namespace, may_change: frozenset[str] = RUN_OPTIONS
+) -> dict[str, Any]:
+    """The Trainer's keyword arguments that come from :func:`add_run_arguments`' options, with
+    ``may_change``: the options a resumed run may change."""
     return {
         "checkpoint_every": args.checkpoint_every,
         "max_bad_batches": args.max_bad_batches,
         "max_loss_growth": args.max_loss_growth,
-        "may_change": RUN_OPTIONS,
+        "may_change": may_change,
     }
 
 
-def add_results_argument(parser: argparse.ArgumentParser, default: str, what: str) -> None:
-    """--results: the folder of a command's ``what`` (default ``default``, under runs/; pass
-    ``results`` to update the committed ones)."""
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint: a saved run's model.pt or checkpoint.pt (required)."""
     parser.add_argument(
-        "--results",
+        "--checkpoint",
+        type=arguments.existing_file,
+        required=True,
+        help="model.pt or checkpoint.pt",
+    )
+
+
+def add_tol_override_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--tol: a solver tolerance (rtol = atol) replacing the saved run's; ``what`` starts its
+    help, which ends "(default: as trained)"."""
+    parser.add_argument(
+        "--tol",
+        type=arguments.positive_float,
+        default=None,
+        help=f"{what} (default: as trained)",
+    )
+
+
+def add_mnist_folder_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--data-dir: the folder of the MNIST files; ``what`` starts its help, which ends with the
+    default folder (:func:`~neuralode.paper.data.mnist.default_data_dir`)."""
+    parser.add_argument(
+        "--data-dir",
         type=Path,
-        default=Path(default),
-        help=f"folder of the {what} (results: update the committed ones)",
+        default=None,
+        help=f"{what} (default: $NEURALODE_DATA or ~/.cache/neuralode/mnist)",
     )
 
 

@@ -31,6 +31,7 @@ from ..data.spirals import WINDOW, Spirals, make_spirals
 from ..mnist_models import count_parameters
 from ..training import TensorBatches, Trainer
 from .common import (
+    add_checkpoint_argument,
     add_device_arguments,
     add_run_arguments,
     load_run,
@@ -82,12 +83,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        type=arguments.existing_file,
-        required=True,
-        help="model.pt or checkpoint.pt",
-    )
+    add_checkpoint_argument(parser)
     _add_common(parser)
 
 

@@ -23,8 +23,11 @@ from ..mnist_models import build_mnist_model, count_parameters
 from ..training import Trainer
 from ..training.progress import evaluation_bar
 from .common import (
+    add_checkpoint_argument,
     add_device_arguments,
+    add_mnist_folder_argument,
     add_run_arguments,
+    add_tol_override_argument,
     load_run,
     run_config,
     start_command,
@@ -37,6 +40,8 @@ ADAPTIVE_MODELS = ("odenet", "anode")
 """Models whose ODE block is solved adaptively (``--tol`` and ``--gradient`` apply)."""
 SOLVING_MODELS = (*ADAPTIVE_MODELS, "rknet")
 """Models with an ODE block (they report NFE and a gradient mode)."""
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+"""Images in each MNIST split."""
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,13 +65,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="adjoint",
         help="how the ODE-Net's solve is differentiated (default adjoint: O(1) memory)",
     )
-    parser.add_argument(
-        "--limit",
-        type=arguments.positive_int,
-        default=None,
-        help="train on the first N images (default: all 60,000)",
-    )
-    _add_test_limit(parser)
+    add_limit_argument(parser, "--limit", "train")
+    add_limit_argument(parser, "--test-limit", "test")
     _add_common(parser)
     add_run_arguments(parser, "runs/mnist/MODEL", checkpoint_every=300.0)
     parser.add_argument(
@@ -78,41 +78,35 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        type=arguments.existing_file,
-        required=True,
-        help="model.pt or checkpoint.pt",
-    )
-    parser.add_argument(
-        "--tol",
-        type=arguments.positive_float,
-        default=None,
-        help="evaluate the ODE-Net at this tolerance (default: as trained)",
-    )
-    _add_test_limit(parser)
+    add_checkpoint_argument(parser)
+    add_tol_override_argument(parser, "evaluate the ODE-Net at this tolerance")
+    add_limit_argument(parser, "--test-limit", "test")
     _add_common(parser)
 
 
-def _add_test_limit(parser: argparse.ArgumentParser) -> None:
+def add_limit_argument(parser: argparse.ArgumentParser, flag: str, split: str) -> None:
+    """``flag`` (--limit, --test-limit): use only the first N images of the ``split``."""
     parser.add_argument(
-        "--test-limit",
+        flag,
         type=arguments.positive_int,
         default=None,
-        help="test on the first N images (default: all 10,000)",
+        help=f"{split} on the first N images (default: all {SPLIT_SIZES[split]:,})",
     )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder with the MNIST IDX files, .gz or not (default: $NEURALODE_DATA or "
-        "~/.cache/neuralode/mnist)",
-    )
+    add_mnist_folder_argument(parser, "folder with the MNIST IDX files, .gz or not")
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
     add_device_arguments(parser)
+
+
+def load_split(
+    args: argparse.Namespace, split: str, limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` (None: all) images, uint8 (N, 28, 28), and labels, int64 (N,), of
+    an MNIST ``split`` from --data-dir (downloaded if missing and --download)."""
+    images, labels = load_mnist(args.data_dir, split, download=args.download)
+    return images[:limit], labels[:limit]
 
 
 def model_kwargs(name: str, tol: float, gradient: str) -> dict[str, Any]:
@@ -165,12 +159,8 @@ def train(args: argparse.Namespace) -> int:
     """Train one Table 1 model; returns an exit status (0 when all epochs ran)."""
     distributed, device = start_training(args)
     out = args.out or Path("runs/mnist") / args.model
-    train_images, train_labels = load_mnist(args.data_dir, "train", download=args.download)
-    test_images, test_labels = load_mnist(args.data_dir, "test", download=args.download)
-    if args.limit:
-        train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
-    if args.test_limit:
-        test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
+    train_images, train_labels = load_split(args, "train", args.limit)
+    test_images, test_labels = load_split(args, "test", args.test_limit)
 
     model = build_mnist_model(args.model, **model_kwargs(args.model, args.tol, args.gradient))
     data = MNISTBatches(
@@ -214,9 +204,7 @@ def evaluate(args: argparse.Namespace) -> int:
     device = start_command(args)
     model, config = load_model(args.checkpoint, device, args.tol)
     tol = config.get("tol", 1e-3)
-    images, labels = load_mnist(args.data_dir, "test", download=args.download)
-    if args.test_limit:
-        images, labels = images[: args.test_limit], labels[: args.test_limit]
+    images, labels = load_split(args, "test", args.test_limit)
     name = config["model"]
     print(f"{name}: evaluating on {len(labels):,} test images ({device})", flush=True)
     start = time.perf_counter()

@@ -23,17 +23,19 @@ import numpy as np
 import torch
 
 from .. import arguments
-from ..data import load_mnist
 from ..mnist_models import build_mnist_model, count_parameters
 from ..plots import plot_adaptive_computation
 from ..training import resolve_device
 from ..training.run_log import read_log
+from .common import add_mnist_folder_argument
 from .mnist import (
     ADAPTIVE_MODELS,
     MODELS,
     SOLVING_MODELS,
+    add_limit_argument,
     classification_loss,
     load_model,
+    load_split,
     model_kwargs,
     test_error,
 )
@@ -64,18 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(TOLERANCES),
         help="ODE-Net tolerances for the adaptive-computation figure",
     )
-    parser.add_argument(
-        "--test-limit",
-        type=arguments.positive_int,
-        default=None,
-        help="test on the first N images (default: all 10,000)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder with MNIST IDX files (default: $NEURALODE_DATA or ~/.cache/neuralode/mnist)",
-    )
+    add_limit_argument(parser, "--test-limit", "test")
+    add_mnist_folder_argument(parser, "folder with MNIST IDX files")
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
     parser.add_argument(
         "--device", type=arguments.device, default="auto", help="auto, cpu, cuda or cuda:N"
@@ -131,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    images, labels = load_mnist(args.data_dir, "test", download=args.download)
-    if args.test_limit:
-        images, labels = images[: args.test_limit], labels[: args.test_limit]
+    images, labels = load_split(args, "test", args.test_limit)
     rows, sweep, odenet_log = [], [], None
     for name in MODELS:
         folders = runs_of(args.runs, name)

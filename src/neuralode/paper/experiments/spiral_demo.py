@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -413,63 +414,35 @@ def save_outputs(result: SpiralResult, out: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``neuralode demo`` options."""
     defaults = SpiralConfig()
-    parser.add_argument(
-        "--iterations",
-        type=arguments.positive_int,
-        default=defaults.iterations,
-        help=f"training iterations (default {defaults.iterations}: about a minute on a laptop CPU)",
+
+    def add_setting(name: str, help: str, **kwargs: Any) -> None:
+        """--NAME for the :class:`SpiralConfig` field ``name``, defaulting to the field's."""
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, default=getattr(defaults, name), help=help, **kwargs)
+
+    positive_int, positive_float = arguments.positive_int, arguments.positive_float
+    add_setting(
+        "iterations",
+        f"training iterations (default {defaults.iterations}: about a minute on a laptop CPU)",
+        type=positive_int,
     )
-    parser.add_argument(
-        "--batch-size",
-        type=arguments.positive_int,
-        default=defaults.batch_size,
-        help="windows per iteration",
-    )
-    parser.add_argument(
-        "--batch-time",
+    add_setting("batch_size", "windows per iteration", type=positive_int)
+    add_setting(
+        "batch_time",
+        "observations per window (default %(default)s, i.e. 0.225 time units)",
         type=int,
-        default=defaults.batch_time,
-        help="observations per window (default %(default)s, i.e. 0.225 time units)",
     )
-    parser.add_argument(
-        "--lr",
-        type=arguments.positive_float,
-        default=defaults.lr,
-        help="initial Adam learning rate (cosine decay)",
+    add_setting("lr", "initial Adam learning rate (cosine decay)", type=positive_float)
+    add_setting("method", "ODE solver for the model (default %(default)s)", choices=sorted(METHODS))
+    add_setting("rtol", "solver relative tolerance", type=positive_float)
+    add_setting("atol", "solver absolute tolerance", type=positive_float)
+    add_setting(
+        "checkpoints",
+        "evaluations on the full trajectory during training (table rows after row 0)",
+        type=positive_int,
     )
-    parser.add_argument(
-        "--method",
-        choices=sorted(METHODS),
-        default=defaults.method,
-        help="ODE solver for the model (default %(default)s)",
-    )
-    parser.add_argument(
-        "--rtol",
-        type=arguments.positive_float,
-        default=defaults.rtol,
-        help="solver relative tolerance",
-    )
-    parser.add_argument(
-        "--atol",
-        type=arguments.positive_float,
-        default=defaults.atol,
-        help="solver absolute tolerance",
-    )
-    parser.add_argument(
-        "--checkpoints",
-        type=arguments.positive_int,
-        default=defaults.checkpoints,
-        help="evaluations on the full trajectory during training (table rows after row 0)",
-    )
-    parser.add_argument(
-        "--seed", type=arguments.nonnegative_int, default=defaults.seed, help="random seed"
-    )
-    parser.add_argument(
-        "--device",
-        type=arguments.device,
-        default=defaults.device,
-        help="cpu, cuda, cuda:N or auto (default cpu)",
-    )
+    add_setting("seed", "random seed", type=arguments.nonnegative_int)
+    add_setting("device", "cpu, cuda, cuda:N or auto (default cpu)", type=arguments.device)
     parser.add_argument(
         "--threads",
         type=arguments.positive_int,
