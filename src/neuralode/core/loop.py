@@ -154,10 +154,16 @@ class Loop:
         views of one would alias inside the compiled loop). ``times``: the output times as a
         float64 (T,) tensor where the floats are not every instance's (torch.func.vmap over t:
         each instance its own times, end and resolution; the direction is shared)."""
-        if times is None:
-            times = torch.tensor(self.times, dtype=torch.float64, device=device)
-        self.times_tensor, self.t_end = times, times[-1].clone()
         self.dense_rows = dense_weights(self.tableau, device)
+        if times is None:  # (the same numbers from the floats: two tensors made, not ten)
+            first, last = self.times[0], self.times[-1]
+            largest = max(abs(first), abs(last), abs(last - first))
+            self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
+            self.t_end = torch.tensor(last, dtype=torch.float64, device=device)
+            self.resolution = torch.tensor(10.0 * math.ulp(largest), dtype=torch.float64,
+                                           device=device)  # fmt: skip
+            return self
+        self.times_tensor, self.t_end = times, times[-1].clone()
         first, last = times[0], times[-1]
         largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
         # 10 ulp of the largest: the spacing of float64 just above it
