@@ -7,8 +7,14 @@ diagonally implicit one, after the stages before it):
     (I − h A_block ⊗ J) ΔK = r(K),    K ← K − ΔK
 
 with J = ∂f/∂y at (t, y) (autograd, :func:`~neuralode.core.steppers.jacobian_blocks`) and the
-matrix factorised once per step and block matrix. The iterations start from K_i = f(t, y), as
-torchdiffeq's do. They have converged when the change of the stage values is small,
+matrix inverted once per step and block matrix. (An explicit inverse, not ``lu_factor`` and
+``lu_solve``: torch 2.13's ``lu_solve`` returns wrong values for factors with a size-1 batch
+dimension laid out with another stride, such as ``LU[:, None]``, which torch.func.vmap makes of
+them when the factors are batched at an outer level and the residual at an inner one, as in
+``vmap(jacrev(...))``: silently wrong per-instance Jacobians on nonlinear fields. Simplified
+Newton iterations converge to the same stages with any close iteration matrix.) The iterations
+start from K_i = f(t, y), as torchdiffeq's do. They have converged when the change of the
+stage values is small,
 
     RMS( h ΔK / (1 + |y|) ) ≤ tol,    tol = 1e-10 (float64 states), 1e-6 (otherwise),
 
@@ -19,14 +25,13 @@ iterates are NaN/Inf), :attr:`ImplicitRK.failure` says so and the loop ends the 
 with :class:`~neuralode.errors.ConvergenceError` (torchdiffeq warns and goes on with the
 unconverged stages).
 
-Gradients: backpropagation goes through the iterations (J and its factorisation are constants,
+Gradients: backpropagation goes through the iterations (J and its inverse are constants,
 whose effect on the converged stages vanishes with the residual).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -86,7 +91,7 @@ class ImplicitRK:
         a, c = method.stage_a, method.stage_c
         self.failure = None
         jacobian = self._current_jacobian(t, y)
-        factors: dict[tuple[tuple[float, ...], ...], Any] = {}
+        inverses: dict[tuple[tuple[float, ...], ...], torch.Tensor] = {}
         ks: list[torch.Tensor] = []
         for block in method.blocks:
             bases = []
@@ -103,10 +108,10 @@ class ImplicitRK:
                     for i, base in zip(block, bases, strict=True)
                 )
                 continue
-            if sub not in factors:
-                factors[sub] = self._factorise(sub, jacobian, step)
+            if sub not in inverses:
+                inverses[sub] = self._invert(sub, jacobian, step)
             ks.extend(
-                self._solve_block(field, arith, t, y, f, step, block, bases, sub, factors[sub])
+                self._solve_block(field, arith, t, y, f, step, block, bases, sub, inverses[sub])
             )
             if self.failure is not None:
                 ks.extend([f] * (len(c) - len(ks)))  # (the loop ends the solve here)
@@ -128,14 +133,14 @@ class ImplicitRK:
         block: tuple[int, ...],
         bases: list[torch.Tensor],
         sub: tuple[tuple[float, ...], ...],
-        factors: tuple[torch.Tensor, torch.Tensor],
+        inverse: torch.Tensor,
     ) -> list[torch.Tensor]:
         """The stages of one block by simplified Newton iterations from K = f. The change is
         read by ``arith.clock``: under torch.func.vmap, the largest of all instances' (they
         iterate until every one has converged)."""
         c = self.tableau.stage_c
         m = len(block)
-        blocks = factors[0].shape[0]
+        blocks = inverse.shape[0]
         tol = newton_tolerance(y.dtype)
         with torch.no_grad():
             scale = 1.0 / (tol * (1.0 + y.abs()))  # (1, N)
@@ -150,7 +155,7 @@ class ImplicitRK:
                 residual.append(ks[p] - field(t + c[i] * step, stage))
             r = torch.cat(residual)  # (m, N)
             rhs = r.view(m, blocks, -1).transpose(0, 1).reshape(blocks, -1, 1)
-            delta = torch.linalg.lu_solve(*factors, rhs).view(blocks, m, -1).transpose(0, 1)
+            delta = (inverse @ rhs).view(blocks, m, -1).transpose(0, 1)
             delta = delta.reshape(m, -1)
             ks = [k - d[None] for k, d in zip(ks, delta, strict=True)]
             with torch.no_grad():
@@ -170,16 +175,16 @@ class ImplicitRK:
         )
         return ks
 
-    def _factorise(
+    def _invert(
         self, sub: tuple[tuple[float, ...], ...], jacobian: torch.Tensor, step: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LU factors of I − h (A_block ⊗ J_b) for each diagonal block b of J."""
+    ) -> torch.Tensor:
+        """(I − h (A_block ⊗ J_b))⁻¹ for each diagonal block b of J."""
         blocks, n = jacobian.shape[:2]
         m = len(sub)
         a = torch.tensor(sub, dtype=jacobian.dtype, device=jacobian.device)
         kron = torch.einsum("ij,bpq->bipjq", a, jacobian).reshape(blocks, m * n, m * n)
         identity = torch.eye(m * n, dtype=jacobian.dtype, device=jacobian.device)
-        return torch.linalg.lu_factor(identity - step * kron)
+        return torch.linalg.inv(identity - step * kron)
 
     def _current_jacobian(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """J at (t, y), or the last one while it may serve (``jacobian_every`` steps)."""

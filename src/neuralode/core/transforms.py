@@ -52,6 +52,17 @@ def first_instance(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def alive(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` without its outer wrappers of torch.func levels that have exited (None stays
+    None). Such a wrapper stands for the tensor it wraps, but inside a later grad level (the
+    Newton Jacobian's torch.func.vjp of an implicit method) it trips functorch's internal
+    assert ("escaped?"). An autograd.Function's backward gets them as its saved tensors when
+    torch.func.vjp's pullback runs after its transform returned (``jacrev``: under vmap)."""
+    while x is not None and _functorch.maybe_get_level(x) == _EXITED:
+        x = _functorch.get_unwrapped(x)
+    return x
+
+
 def is_wrapped(x: torch.Tensor) -> bool:
     """``x`` is a torch.func wrapper (batched or tracked by a transform)."""
     return _functorch.maybe_get_level(x) != -1

@@ -33,6 +33,7 @@ from ..core.implicit_methods import ImplicitMethod
 from ..core.state import FlatField, StateLayout
 from ..core.stats import SolverStats
 from ..core.transforms import (
+    alive,
     carries_tangent,
     differentiated_further,
     under_transform,
@@ -70,13 +71,6 @@ class Adjoint:
                 f"the adjoint's backward solve cannot use the implicit method {method.name!r} "
                 "(its Jacobian would miss the vector-Jacobian products' dependence on y): pass "
                 "adjoint_method='dopri5', or use gradient='backprop'"
-            )
-        if under_transform() and isinstance(method, ImplicitMethod):
-            raise TransformError(
-                f"torch.func's transforms through the adjoint with the implicit method "
-                f"{method.name!r} are not supported (its backward solve's Newton iterations "
-                "would differentiate vector-Jacobian products inside the transform): use "
-                "gradient='backprop' or 'checkpoint', or adjoint_method='dopri5'"
             )
         params = self._params(problem)
         names = parameter_names(problem.field.func, params)
@@ -129,7 +123,8 @@ class Adjoint:
         names = parameter_names(problem.field.func, params) if names is None else names
         vector_jacobian = None
         # (torch.func.vjp composes with torch.func's levels; autograd.grad inside a grad
-        # transform does not)
+        # transform does not. An implicit method's Newton Jacobian of the augmented field is
+        # then a torch.func.vjp of these products, one level deeper.)
         if compiled or differentiable or under_transform():
             vector_jacobian = _functional_vjp(problem, params, names)
         if (differentiable or under_transform()) and vector_jacobian is None:
@@ -512,7 +507,8 @@ class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         mode = ctx.mode
-        ys, times, grid, *params = ctx.saved_tensors
+        # (saved by a torch.func level that may have exited: jacrev's pullback under vmap)
+        ys, times, grid, *params = (alive(x) for x in ctx.saved_tensors)
         problem = _timed(ctx.problem, times, grid)
         differentiable = differentiated_further(grad_ys, ys, *params)
         size = ys.shape[1]
