@@ -60,7 +60,7 @@ class Adams:
         self._pending: History = ()
         self._warned = False
 
-    def accepted(self) -> None:
+    def accepted(self, accept: bool) -> None:
         self._history = self._pending
 
     def snapshot(self) -> History:

@@ -16,8 +16,8 @@ from .adams_method import AdamsMethod
 from .arith import ROWS, SCALAR, VMAP_SCALAR
 from .config import Problem
 from .controllers import AdaptiveController, FixedGrid
+from .implicit_methods import ImplicitMethod
 from .loop import RUNNING, Carry, Loop
-from .rosenbrock_method import RosenbrockMethod
 from .stats import PerSampleStats, SolverStats
 from .transforms import is_wrapped, under_transform, under_vmap, unwrap
 
@@ -32,9 +32,10 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
         raise TransformError(
             "torch.func.vmap over the output times t gives each instance its own clock on the "
             "row loop of explicit Runge-Kutta methods (adaptive, or on a grid from step_size or "
-            "t); implicit and Adams methods, perturb and scipy_solver step all instances on one "
-            f"clock (method {problem.method.name!r}): use an explicit method such as 'dopri5' "
-            "or 'rk4', or solve at the union of the times and vmap over y0 or func's parameters"
+            "t) and of rosenbrock23; implicit Runge-Kutta and Adams methods, perturb and "
+            "scipy_solver step all instances on one clock (method "
+            f"{problem.method.name!r}): use an explicit method such as 'dopri5' or 'rk4', or "
+            "solve at the union of the times and vmap over y0 or func's parameters"
         )
     if execution.scipy is not None:
         from .scipy_execution import integrate_scipy  # (imports scipy only for such solves)
@@ -46,14 +47,6 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
     adaptive = isinstance(problem.controller, AdaptiveController)
     if under_transform():
         vmapped = under_vmap()
-        if vmapped and isinstance(problem.method, RosenbrockMethod):
-            raise TransformError(
-                f"method {problem.method.name!r} under torch.func.vmap (and jacfwd, hessian) is "
-                "not supported: its adaptive steps and Jacobian reuse run on one clock for all "
-                "instances; use an implicit Runge-Kutta method on a grid (such as "
-                "'radauIIA5'), an explicit method, or torch.autograd.grad instead of the "
-                "transform"
-            )
         if vmapped and (adaptive or problem.batched_times is not None):
             # (see neuralode.core.transforms) each instance its own adaptive steps, or its own
             # grid, on rows
@@ -88,13 +81,14 @@ def row_loop(problem: Problem) -> Loop:
 def _on_instance_clocks(problem: Problem) -> bool:
     """The problem runs on the row loop, whose (R,) clock may hold each vmap instance's times:
     an explicit Runge-Kutta method of neuralode's own, with adaptive steps or on each
-    instance's own grid (from its times or step_size, without perturb)."""
+    instance's own grid (from its times or step_size, without perturb), or a Rosenbrock
+    method."""
     controller, method = problem.controller, problem.method
     if isinstance(controller, FixedGrid):
         own = torch.is_tensor(controller.grid) and controller.nudge is None
     else:
         own = problem.execution.scipy is None
-    return own and not method.implicit and not isinstance(method, AdamsMethod)
+    return own and not isinstance(method, (ImplicitMethod, AdamsMethod))
 
 
 def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> torch.Tensor:
@@ -116,7 +110,7 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
     else:
         f0 = problem.first_derivative(y0).view(rows, -1)
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
-                       _evaluations_per_iteration(loop))  # fmt: skip
+                       loop.tableau.evaluations)  # fmt: skip
         summary = loop.summary(carry)
     if first_dt is None and isinstance(problem.controller, AdaptiveController):
         problem.field.count(1)  # the starting-step heuristic's evaluation
@@ -169,12 +163,6 @@ class _Segments:
             stats.backward_nfe += self.per_iteration
 
 
-def _evaluations_per_iteration(loop: Loop) -> int:
-    """Evaluations of the field in one iteration on rows: stages − 1 (FSAL) or stages."""
-    stages = loop.tableau.stages
-    return stages - 1 if loop.tableau.fsal else stages
-
-
 def _finish(problem: Problem, loop: Loop, carry: Carry) -> torch.Tensor:
     """One row: record the statistics of the final carry, raise its failure, return the states
     (len(times), N)."""
@@ -193,7 +181,7 @@ def _finish_rows(problem: Problem, loop: Loop, carry: Carry, summary: torch.Tens
     if is_wrapped(summary):  # under vmap: the largest counts of all instances
         summary = unwrap(summary).reshape(-1, summary.numel()).amax(dim=0)
     iterations, accepted, rejected, last_dt, failed, behind = summary.tolist()
-    per_iteration = _evaluations_per_iteration(loop)
+    per_iteration = loop.tableau.evaluations
     stats = problem.stats
     problem.field.count(int(iterations) * per_iteration)
     stats.n_accepted, stats.n_rejected, stats.last_dt = int(accepted), int(rejected), last_dt

@@ -74,7 +74,7 @@ class ImplicitRK:
         self._jacobian: torch.Tensor | None = None
         self._uses = 0
 
-    def accepted(self) -> None:
+    def accepted(self, accept: bool) -> None:
         self._uses += 1
 
     def snapshot(self) -> tuple[torch.Tensor | None, int]:

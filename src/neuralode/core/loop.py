@@ -295,8 +295,8 @@ class Loop:
         rejected = arith.and_not(active, accept)
         if self.callbacks is not None and self.controller.needs_error:
             self.callbacks.after(accept, c.t, c.y, step)
-        if not arith.rows and accept:
-            self.stepper.accepted()
+        if arith.rows or accept:
+            self.stepper.accepted(accept)
         if watch is not None and accept:
             seen = AcceptedStep(self, c.t, c.y, t1, y1, ks, f1, field)
             stop = watch(seen)

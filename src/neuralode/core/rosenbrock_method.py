@@ -35,6 +35,12 @@ class RosenbrockMethod(Tableau):
     e32: float = 0.0
     implicit: ClassVar[bool] = True
 
+    @property
+    def evaluations(self) -> int:
+        """F1 and F2 (k1, k2 and k3 are linear solves; the Jacobian's evaluations are counted
+        apart, in ``n_jacobians``)."""
+        return 2
+
 
 _D = 1.0 / (2.0 + math.sqrt(2.0))
 

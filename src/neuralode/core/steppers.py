@@ -8,7 +8,8 @@ treats every stepper alike.
 - :class:`ExplicitRK`: any explicit Runge–Kutta tableau, on a single row (shared steps, one
   matrix product per stage) or on rows (per-sample and compiled solves).
 - :class:`Rosenbrock`: a linearly implicit Rosenbrock W-method (``rosenbrock23``), which
-  factorises W = I − h d J once per step (single row only).
+  factorises W = I − h d J once per step, on one row (shared steps) or on one row of the
+  row loop (under torch.func.vmap, each instance its own steps and its own Jacobian reuse).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .arith import Arith
 from .rosenbrock_method import RosenbrockMethod
 from .state import FlatField
 from .tableau import Tableau
-from .transforms import under_transform
+from .transforms import truth, under_transform
 
 Field = Callable[[Any, torch.Tensor], torch.Tensor]
 """field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
@@ -47,10 +48,11 @@ class Stepper(Protocol):
         and the solution y1 at its end."""
         ...
 
-    def accepted(self) -> None:
-        """Called after each accepted step (one row): a stepper with memory across steps (a
-        Jacobian, a multistep history) moves it on; an attempt not followed by this call was
-        rejected."""
+    def accepted(self, accept: Any) -> None:
+        """Called after each accepted step of one row (``accept`` True; an attempt not followed
+        by this call was rejected), and on rows after every attempt with the (R,) mask of the
+        rows that accepted it: a stepper with memory across steps (a Jacobian, a multistep
+        history) moves it on."""
         ...
 
     def snapshot(self) -> Any:
@@ -106,7 +108,7 @@ class ExplicitRK:
             y1 = y + h * combine(tableau.b, ks)
         return ks, y1
 
-    def accepted(self) -> None:
+    def accepted(self, accept: Any) -> None:
         """No memory across steps."""
 
     def snapshot(self) -> None:
@@ -117,13 +119,17 @@ class ExplicitRK:
 
 
 class Rosenbrock:
-    """A Rosenbrock W-method step on one row (see :mod:`neuralode.core.rosenbrock_method`).
+    """A Rosenbrock W-method step (see :mod:`neuralode.core.rosenbrock_method`), on one row
+    with a float clock, or on one row of the row loop (``ROWS``: the clock and the memory are
+    (1,) tensors; under torch.func.vmap each instance is that row, with its own steps).
 
     The Jacobian J = ∂f/∂y comes from autograd (N reverse-mode products, differentiable when f
     depends on parameters) and T = ∂f/∂t from a forward difference, as in ode23s. A J serves
-    the retries of a rejected step and up to ``jacobian_every`` accepted steps. With
-    ``blocks`` = B > 1 the state is B independent systems: J is B diagonal blocks, costing n
-    products (n features per system) instead of B·n. Counts Jacobians in
+    the retries of a rejected step and up to ``jacobian_every`` accepted steps. On rows this is
+    decided per row, by masks: when some row that moves needs a new (J, T), it is evaluated for
+    every row and each row takes it or keeps its own, so that each uses the (J, T) it uses when
+    solved alone. With ``blocks`` = B > 1 the state is B independent systems: J is B diagonal
+    blocks, costing n products (n features per system) instead of B·n. Counts Jacobians in
     ``field.stats.n_jacobians``.
 
     Args:
@@ -142,13 +148,13 @@ class Rosenbrock:
         self.flat_field = field
         self.blocks, self.jacobian_every = blocks, jacobian_every
         self._jacobian: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._jacobian_t: float | None = None
-        self._uses = 0  # accepted steps the current Jacobian has served
-        self._retry = False  # the last attempt was rejected
+        self._jacobian_t: Any = None  # where it was evaluated (a float, or (1,) on rows)
+        self._uses: Any = 0  # accepted steps the current Jacobian has served
+        self._retry: Any = False  # the last attempt was rejected
 
-    def accepted(self) -> None:
-        self._uses += 1
-        self._retry = False
+    def accepted(self, accept: Any) -> None:
+        self._uses = self._uses + accept  # (one row: True, 1; rows: 1 where accepted)
+        self._retry = ~accept if torch.is_tensor(accept) else False
 
     def snapshot(self) -> tuple[Any, ...]:
         return self._jacobian, self._jacobian_t, self._uses, self._retry
@@ -157,41 +163,56 @@ class Rosenbrock:
         self._jacobian, self._jacobian_t, self._uses, self._retry = snapshot
 
     def step(
-        self, field: Field, arith: Arith, t: float, y: torch.Tensor, f: torch.Tensor, step: float
+        self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """k = [k1, k2, k3, F2] of one step of size ``step`` from (t, y), and y1."""
         method = self.tableau
-        jacobian, time_derivative = self._current_jacobian(t, y, f)  # (blocks, n, n), (1, N)
-        blocks, n = jacobian.shape[:2]
+        jacobian, time_derivative = self._current_jacobian(arith, t, y, f, step)
+        blocks, n = jacobian.shape[:2]  # (blocks, n, n), (1, N)
+        h = arith.step_factor(step, y)  # (rows: (1, 1), broadcast over J's blocks)
         identity = torch.eye(n, dtype=y.dtype, device=y.device)
-        factors = torch.linalg.lu_factor(identity - (step * method.d) * jacobian)
+        factors = torch.linalg.lu_factor(identity - (h * method.d) * jacobian)
 
         def solve(rhs: torch.Tensor) -> torch.Tensor:
             return torch.linalg.lu_solve(*factors, rhs.view(blocks, n, 1)).view(1, -1)
 
-        hdt = (step * method.d) * time_derivative
+        hdt = (h * method.d) * time_derivative
         k1 = solve(f + hdt)
-        f_mid = field(t + 0.5 * step, y + (0.5 * step) * k1)
+        f_mid = field(t + 0.5 * step, y + (0.5 * h) * k1)
         k2 = solve(f_mid - k1) + k1
-        y1 = y + step * k2
+        y1 = y + h * k2
         f1 = field(t + step, y1)
         k3 = solve(f1 - method.e32 * (k2 - f_mid) - 2.0 * (k1 - f) + hdt)
         return [k1, k2, k3, f1], y1
 
     def _current_jacobian(
-        self, t: float, y: torch.Tensor, f: torch.Tensor
+        self, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(J, T) at (t, y), or the last ones while they may serve: a retry from the point where
-        they were computed reuses them, and so do up to ``jacobian_every`` accepted steps."""
-        stale = self._retry and self._jacobian_t != t
-        if self._jacobian is None or stale or self._uses >= self.jacobian_every:
-            self._jacobian = self._evaluate_jacobian(t, y, f)
+        they were computed reuses them, and so do up to ``jacobian_every`` accepted steps (rows:
+        each row as it would alone; a row that does not move keeps its own)."""
+        if self._jacobian is None:
+            self._jacobian = self._evaluate_jacobian(arith, t, y, f)
             self._jacobian_t, self._uses = t, 0
+        else:
+            stale = self._retry & (self._jacobian_t != t)
+            refresh = stale | (self._uses >= self.jacobian_every)
+            if arith.rows:
+                refresh = refresh & (step != 0)  # (a row that does not move keeps its own)
+            if truth(refresh.any()) if arith.rows else refresh:
+                jacobian, time_derivative = self._evaluate_jacobian(arith, t, y, f)
+                # (rows: one row, so its (1,) mask broadcasts over J and T alike)
+                self._jacobian = (
+                    arith.where(refresh, jacobian, self._jacobian[0]),
+                    arith.where(refresh, time_derivative, self._jacobian[1]),
+                )
+                self._jacobian_t = arith.where(refresh, t, self._jacobian_t)
+                self._uses = arith.where(refresh, 0, self._uses)
         self._retry = True  # until the loop says the step was accepted
         return self._jacobian
 
     def _evaluate_jacobian(
-        self, t: float, y: torch.Tensor, f: torch.Tensor
+        self, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """J as (blocks, n, n) diagonal blocks (:func:`jacobian_blocks`, differentiable when f
         depends on parameters, so gradients see J's dependence on them) and T = ∂f/∂t as
@@ -199,17 +220,23 @@ class Rosenbrock:
         field = self.flat_field
         differentiable = torch.is_grad_enabled() and f.requires_grad  # f depends on parameters
         jacobian = jacobian_blocks(field, t, y, self.blocks, differentiable)
-        delta = (1e-7 if y.dtype == torch.float64 else 1e-3) * max(abs(t), 1.0)
-        at = torch.tensor(t + delta, dtype=y.dtype, device=y.device)
-        time_derivative = (field.evaluate(at, y.reshape(-1)) - f.view(-1)) / delta
-        return jacobian, time_derivative.view(1, -1)
+        scale = 1e-7 if y.dtype == torch.float64 else 1e-3
+        delta = scale * arith.clamp_min(arith.absolute(t), 1.0)
+        shifted = field.evaluate(_time(t + delta, y), y.reshape(-1))
+        time_derivative = (shifted.view(1, -1) - f) / arith.step_factor(delta, y)
+        return jacobian, time_derivative
+
+
+def _time(t: Any, like: torch.Tensor) -> torch.Tensor:
+    """The 0-d time tensor, in ``like``'s dtype, of a float time or of a one-row (1,) clock."""
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(())
 
 
 def jacobian_blocks(
-    field: FlatField, t: float, y: torch.Tensor, blocks: int, differentiable: bool = False
+    field: FlatField, t: Any, y: torch.Tensor, blocks: int, differentiable: bool = False
 ) -> torch.Tensor:
-    """J = ∂f/∂y at (t, y) as (blocks, n, n) diagonal blocks, by n reverse-mode products
-    (counted in ``field.stats.n_jacobians``).
+    """J = ∂f/∂y at (t, y) (t a float, or a one-row (1,) clock) as (blocks, n, n) diagonal
+    blocks, by n reverse-mode products (counted in ``field.stats.n_jacobians``).
 
     The i-th cotangent is 1 at feature i of every block, which gives row i of every block when
     the blocks are independent. ``differentiable``: the products keep their graph (J depends
@@ -217,7 +244,7 @@ def jacobian_blocks(
     depend on y has J = 0."""
     state = y.reshape(-1)
     n = state.numel() // blocks
-    time = torch.tensor(t, dtype=y.dtype, device=y.device)
+    time = _time(t, y)
     cotangents = torch.eye(n, dtype=y.dtype, device=y.device)[:, None, :]
     if under_transform():  # (autograd.grad is refused inside torch.func's transforms; its vjp
         # composes with them, its result a constant of the step unless ``differentiable``)

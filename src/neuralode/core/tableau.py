@@ -97,6 +97,12 @@ class Tableau:
     def adaptive(self) -> bool:
         return self.b_err is not None
 
+    @property
+    def evaluations(self) -> int:
+        """Evaluations of f in one step on rows (f(t, y) given): the stages after the first,
+        and f(t1, y1) unless FSAL."""
+        return self.stages - 1 if self.fsal else self.stages
+
     @functools.cached_property
     def fsal(self) -> bool:
         """First same as last: the last stage is evaluated at (t1, y1)."""
