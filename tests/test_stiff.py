@@ -154,3 +154,24 @@ def test_implicit_method_refuses_per_sample_and_compile() -> None:
                options={"compile": True})  # fmt: skip
     with pytest.raises(ODEInputError, match=r"option 'jacobian' is for implicit methods"):
         odeint(robertson, ROBERTSON_Y0, ROBERTSON_T, options={"jacobian": "per_sample"})
+
+
+@pytest.mark.parametrize(
+    ("method", "options"), [("rosenbrock23", None), ("trapezoid", {"step_size": 0.05})]
+)
+def test_checkpointed_segments_take_each_jacobian_once(method: str, options: dict | None) -> None:
+    """Inside a checkpointed segment, the Jacobian's products do not make the segment rerun:
+    as many Jacobians and evaluations as backprop, and the same gradient."""
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    stiff = torch.tensor([[-50.0, 1.0], [0.0, -0.5]], dtype=torch.float64)
+    field = lambda t, y: a * (y @ stiff.T) + torch.sin(y)  # noqa: E731
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
+    counts, grads = [], []
+    for gradient in ("backprop", "checkpoint"):
+        ys, stats = odeint(field, y0, t, method=method, options=options, rtol=1e-6, atol=1e-8,
+                           gradient=gradient, return_stats=True)  # fmt: skip
+        grads.append(torch.autograd.grad(ys[-1].sum(), a)[0])
+        counts.append((stats.n_jacobians, stats.nfe))
+    assert counts[0] == counts[1]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)

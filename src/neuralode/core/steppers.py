@@ -254,7 +254,9 @@ def jacobian_blocks(
         field.stats.n_jacobians += 1
         jacobian = rows.view(n, blocks, n).permute(1, 0, 2)
         return jacobian if differentiable else jacobian.detach()
-    with torch.enable_grad():
+    # (tensors saved for these products stay in memory: an enclosing checkpointed segment's
+    # hooks would have autograd.grad rerun the whole segment so far to recover them)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_kept, _kept):
         x = state if state.requires_grad and differentiable else state.detach().requires_grad_()
         out = field.evaluate(time, x)
         rows = []
@@ -267,6 +269,10 @@ def jacobian_blocks(
     field.stats.n_jacobians += 1
     jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
     return jacobian if differentiable else jacobian.detach()
+
+
+def _kept(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 @functools.cache
