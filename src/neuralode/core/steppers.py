@@ -14,6 +14,7 @@ treats every stepper alike.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -254,9 +255,7 @@ def jacobian_blocks(
         field.stats.n_jacobians += 1
         jacobian = rows.view(n, blocks, n).permute(1, 0, 2)
         return jacobian if differentiable else jacobian.detach()
-    # (tensors saved for these products stay in memory: an enclosing checkpointed segment's
-    # hooks would have autograd.grad rerun the whole segment so far to recover them)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_kept, _kept):
+    with torch.enable_grad(), _kept_in_memory():
         x = state if state.requires_grad and differentiable else state.detach().requires_grad_()
         out = field.evaluate(time, x)
         rows = []
@@ -269,6 +268,16 @@ def jacobian_blocks(
     field.stats.n_jacobians += 1
     jacobian = torch.stack(rows).view(n, blocks, n).permute(1, 0, 2)
     return jacobian if differentiable else jacobian.detach()
+
+
+def _kept_in_memory() -> contextlib.AbstractContextManager:
+    """Within an enclosing checkpointed segment (whose saved-tensor hooks are active), identity
+    hooks: the tensors saved for a Jacobian's products stay in memory, where the segment's
+    hooks would have each ``autograd.grad`` rerun the segment so far to recover them. Outside
+    one, nothing (torch.func's transforms refuse any saved-tensor hooks)."""
+    if torch._C._autograd._top_saved_tensors_default_hooks(False) is None:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_kept, _kept)
 
 
 def _kept(x: torch.Tensor) -> torch.Tensor:
