@@ -169,3 +169,23 @@ def test_uncompilable_field_falls_back_to_eager_with_a_warning() -> None:
     with pytest.warns(RuntimeWarning, match="could not be compiled .*solving eagerly"):
         ys = odeint(field, y0, t, rtol=1e-8, atol=1e-10, options=COMPILE)
     torch.testing.assert_close(ys[-1], y0 * torch.exp(torch.tensor(-1.0, dtype=torch.float64)))
+
+
+@pytest.mark.slow  # (one to five minutes of compiling the ODE-Net block with its backward)
+def test_backward_through_a_compiled_solve_leaves_later_solves_unchanged() -> None:
+    """Inductor's backward once reused a saved view of the cached tolerances as a scratch buffer
+    (donated buffers): every later solve of the problem ran with a corrupted atol."""
+    from neuralode.paper.mnist_models import odenet
+
+    torch.manual_seed(0)
+    model = odenet()
+    field = model.features.func
+    with torch.no_grad():
+        y0 = model.downsampling(torch.randn(4, 1, 28, 28))
+    t = torch.tensor([0.0, 1.0])
+    first = odeint(field, y0, t, rtol=1e-3, atol=1e-3, options=COMPILE)
+    first[-1].square().sum().backward()
+    with torch.no_grad():
+        (ys, stats), (ys_c, stats_c) = solve_both(field, y0, t, rtol=1e-3, atol=1e-3)
+    assert stats_c.nfe == stats.nfe
+    torch.testing.assert_close(ys_c, ys, rtol=1e-4, atol=1e-5)

@@ -124,7 +124,10 @@ def _backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], cpp_wrappe
         patches = {"cpp_wrapper": cpp_wrapper, **cpu_settings}
     if not cpp_wrapper:  # the backward loop carries weight gradients in their own layout
         patches["layout_optimization"] = False
-    return compile_fx(graph, inputs, decompositions=decompositions, config_patches=patches)
+    # No donated buffers: the backward would otherwise reuse saved tensors in place, among them
+    # views of the solve's cached tolerances (a later solve then ran with a corrupted atol).
+    with torch._functorch.config.patch(donated_buffer=False):
+        return compile_fx(graph, inputs, decompositions=decompositions, config_patches=patches)
 
 
 def _cpu_decompositions() -> dict[Any, Any]:

@@ -157,17 +157,15 @@ class Loop:
         self.dense_rows = dense_weights(self.tableau, device)
         if times is None:  # (the same numbers from the floats: two tensors made, not ten)
             first, last = self.times[0], self.times[-1]
-            largest = max(abs(first), abs(last), abs(last - first))
             self.times_tensor = torch.tensor(self.times, dtype=torch.float64, device=device)
             self.t_end = torch.tensor(last, dtype=torch.float64, device=device)
-            self.resolution = torch.tensor(10.0 * math.ulp(largest), dtype=torch.float64,
-                                           device=device)  # fmt: skip
+            resolution = _ten_ulp(max(abs(first), abs(last), abs(last - first)))
+            self.resolution = torch.tensor(resolution, dtype=torch.float64, device=device)
             return self
         self.times_tensor, self.t_end = times, times[-1].clone()
         first, last = times[0], times[-1]
-        largest = torch.maximum(torch.maximum(first.abs(), last.abs()), (last - first).abs())
-        # 10 ulp of the largest: the spacing of float64 just above it
-        self.resolution = 10.0 * (torch.nextafter(largest, largest.new_tensor(math.inf)) - largest)
+        self.resolution = _ten_ulp(torch.maximum(torch.maximum(first.abs(), last.abs()),
+                                                 (last - first).abs()))  # fmt: skip
         return self
 
     def _resolution(self, t: Any) -> Any:
@@ -175,7 +173,7 @@ class Loop:
         the interval's ends, once, so the compiled iteration does not recompute it)."""
         if self.arith.rows:
             return self.resolution
-        return 10.0 * math.ulp(max(abs(t), self.span))
+        return _ten_ulp(max(abs(t), self.span))
 
     # -- before the first step ---------------------------------------------------------------
 
@@ -555,3 +553,11 @@ def _error(tableau: Tableau, ks: list[torch.Tensor], arith: Arith) -> torch.Tens
     if arith.rows:
         return combine(tableau.b_err, ks)
     return torch.mm(tableau.tensors(ks[0].dtype, ks[0].device).b_err, torch.cat(ks))
+
+
+def _ten_ulp(largest: Any) -> Any:
+    """Step sizes below this underflow: 10 ulp of ``largest`` (a float, or a float64 tensor: the
+    spacing of float64 just above it)."""
+    if isinstance(largest, torch.Tensor):
+        return 10.0 * (torch.nextafter(largest, largest.new_tensor(math.inf)) - largest)
+    return 10.0 * math.ulp(largest)

@@ -48,7 +48,7 @@ class _StartTimeGradient(torch.autograd.Function):
         if differentiated_further(grad, y0):
             raise TransformError(_SECOND_ORDER)
         with torch.no_grad():
-            f0 = ctx.problem.field(t0.double(), y0).view(-1)
+            f0 = _start_derivative(ctx.problem, y0, t0)
         return grad, -(grad * f0).sum(), None
 
     @staticmethod
@@ -57,8 +57,13 @@ class _StartTimeGradient(torch.autograd.Function):
         tangent = torch.zeros_like(y0) if y0_t is None else y0_t
         if t0_t is None:
             return tangent
-        f0 = ctx.problem.field(t0.double(), y0).view(-1)
+        f0 = _start_derivative(ctx.problem, y0, t0)
         return tangent - f0 * t0_t.to(f0.dtype)
+
+
+def _start_derivative(problem: Problem, y0: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
+    """f(t0, y0) flattened to (N,)."""
+    return problem.field(t0.double(), y0).view(-1)
 
 
 class _OutputTimeGradient(torch.autograd.Function):
