@@ -635,6 +635,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch and XLA threads")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per case")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--case", action="append", default=[], metavar="TEXT",
+        help="only the cases whose name contains TEXT (repeatable; default: all)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads == 1:
         os.environ.setdefault(
@@ -651,7 +655,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = args.budget if args.budget is not None else (3.0 if args.quick else 15.0)
     rows: list[Row] = []
     for name, contenders in cases(args.quick).items():
-        rows += measure(name, contenders, budget)
+        if not args.case or any(text in name for text in args.case):
+            rows += measure(name, contenders, budget)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text(markdown(rows, env) + "\n")
     payload = {"environment": env, "rows": [dataclasses.asdict(r) for r in rows]}
