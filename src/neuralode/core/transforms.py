@@ -85,9 +85,11 @@ def is_batched(x: torch.Tensor) -> bool:
 
 
 def carries_tangent(x: torch.Tensor) -> bool:
-    """``x`` carries a tangent of an enclosing torch.func.jvp: its wrapper at a jvp level is a
-    dual tensor (jvp wraps its other arguments too, with none; grad's and vmap's wrappers
-    carry none)."""
+    """``x`` carries a forward-mode tangent: a dual tensor of torch.autograd.forward_ad, or of an
+    enclosing torch.func.jvp (its wrapper at a jvp level is a dual tensor; jvp wraps its other
+    arguments too, with none; grad's and vmap's wrappers carry none)."""
+    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None:
+        return True
     stack = _functorch.get_interpreter_stack() or ()
     levels = {level.level() for level in stack if level.key() == _JVP}
     while _functorch.maybe_get_level(x) != -1:

@@ -549,14 +549,22 @@ def _timed(problem: Problem, times: torch.Tensor | None, grid: torch.Tensor | No
 
 
 def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tuple) -> Any:
-    """The tangent of fn(*primals) by torch.func.jvp (inside a torch.func transform; the dual
-    level of torch.autograd.forward_ad does not nest and is refused)."""
-    if not under_transform():
-        raise TransformError(
-            "torch.autograd.forward_ad's dual tensors through the adjoint are not supported: "
-            "use torch.func.jvp (or jacfwd), or gradient='backprop'"
+    """The tangent of fn(*primals): by torch.func.jvp inside a torch.func transform; under
+    torch.autograd.forward_ad (whose dual levels do not nest) by two reverse passes through a
+    recorded solve, J v = d/du ⟨J^T u, v⟩ (the same steps, memory as with backprop)."""
+    if under_transform():
+        return torch.func.jvp(fn, primals, tangents)[1]
+    with torch.enable_grad():
+        inputs = [x.detach().requires_grad_() for x in primals]
+        out = fn(*inputs)
+        u = torch.zeros_like(out, requires_grad=True)
+        pulled = torch.autograd.grad(out, inputs, u, create_graph=True, allow_unused=True)
+        inner = sum(
+            (g * v).sum() for g, v in zip(pulled, tangents, strict=True) if g is not None
         )
-    return torch.func.jvp(fn, primals, tangents)[1]
+        if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
+            return torch.zeros_like(out)
+        return torch.autograd.grad(inner, u)[0]
 
 
 def _bind(problem: Problem, names: list[str], values: Sequence[torch.Tensor]) -> Problem:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.autograd import forward_ad
 
 from ..core.config import Problem
 from ..core.transforms import carries_tangent, differentiated_further
@@ -106,7 +105,7 @@ def with_time_gradients(
 ) -> torch.Tensor:
     """``solve(problem, y0)`` (states (len(t), N)) with, when ``t`` requires grad or carries a
     forward-mode tangent, the exact solution's derivatives with respect to the times attached."""
-    if not (t.requires_grad or _has_tangent(t)):
+    if not (t.requires_grad or carries_tangent(t)):
         return solve(problem, y0)
     moved = _StartTimeGradient.apply(y0, t[0], problem)
     solution = solve(problem, moved)
@@ -116,10 +115,3 @@ def with_time_gradients(
             [problem.field(time, y) for time, y in zip(problem.output_times, solution, strict=True)]
         )
     return _OutputTimeGradient.apply(solution, t, derivatives)
-
-
-def _has_tangent(t: torch.Tensor) -> bool:
-    """``t`` carries a forward-mode tangent (a dual tensor, or a torch.func jvp level's)."""
-    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
-        return True
-    return carries_tangent(t)
