@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from neuralode.paper.mnist_models import odenet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_solvers import ConvField, CountingField, MLPField, environment
+from diffrax_peer import configure_jax, diffrax_available, diffrax_solver, jax_params
 
 try:
     import torchdiffeq
@@ -183,15 +183,6 @@ def torchode_forward(func: nn.Module, y0: torch.Tensor, t: torch.Tensor) -> Cont
 # -- diffrax ---------------------------------------------------------------------------------
 
 
-def diffrax_available() -> bool:
-    try:
-        import diffrax  # noqa: F401
-        import jax  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def diffrax_forward(
     field: str,
     module: nn.Module,
@@ -207,29 +198,14 @@ def diffrax_forward(
     import jax
     import jax.numpy as jnp
 
-    params = {k: jnp.asarray(v.detach().numpy()) for k, v in module.state_dict().items()}
-    vector_field = JAX_FIELDS[field]
+    params = jax_params(module)
     y0_j, ts = jnp.asarray(y0.numpy()), jnp.asarray(t.numpy())
     adjoint = {
         None: diffrax.RecursiveCheckpointAdjoint(),
         "recursive checkpoint": diffrax.RecursiveCheckpointAdjoint(),
         "backsolve": diffrax.BacksolveAdjoint(),
     }[gradient]
-
-    def solve(p: dict, y: jax.Array) -> diffrax.Solution:
-        return diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: vector_field(args, t, y)),
-            diffrax.Dopri5(),
-            ts[0],
-            ts[-1],
-            None,
-            y,
-            args=p,
-            stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
-            saveat=diffrax.SaveAt(ts=ts),
-            adjoint=adjoint,
-            max_steps=100_000,
-        )
+    solve = diffrax_solver(field, ts, rtol=TOL, atol=TOL, adjoint=adjoint)
 
     if per_sample:  # one solve per sample (only Van der Pol: its μ is per sample)
         batched = jax.vmap(lambda p, y: solve(p, y[None]), in_axes=({"mu": 0}, 0))
@@ -259,34 +235,6 @@ def diffrax_forward(
     if gradient is not None:
         variant = gradient
     return Contender("diffrax", variant, run, count)
-
-
-def _jax_mlp(p: dict, t: object, y: object) -> object:
-    import jax.numpy as jnp
-
-    hidden = jnp.tanh(y @ p["net.0.weight"].T + p["net.0.bias"])
-    return hidden @ p["net.2.weight"].T + p["net.2.bias"]
-
-
-def _jax_conv(p: dict, t: object, y: object) -> object:
-    import jax
-    import jax.numpy as jnp
-
-    def conv(x: object, name: str) -> object:
-        out = jax.lax.conv_general_dilated(x, p[f"{name}.weight"], (1, 1), "SAME")
-        return out + p[f"{name}.bias"][None, :, None, None]
-
-    return conv(jnp.tanh(conv(y, "conv1")), "conv2")
-
-
-def _jax_vdp(p: dict, t: object, y: object) -> object:
-    import jax.numpy as jnp
-
-    x, v = y[:, :1], y[:, 1:]
-    return jnp.concatenate([v, p["mu"] * (1 - x * x) * v - x], axis=1)
-
-
-JAX_FIELDS = {"mlp": _jax_mlp, "conv": _jax_conv, "vdp": _jax_vdp}
 
 
 class VanDerPol(nn.Module):
@@ -640,18 +588,10 @@ def main(argv: list[str] | None = None) -> None:
         help="only the cases whose name contains TEXT (repeatable; default: all)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads == 1:
-        os.environ.setdefault(
-            "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        )
+    versions = configure_jax(args.threads)  # before JAX's first computation
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
-    if diffrax_available():
-        import diffrax
-        import jax
-
-        jax.config.update("jax_platform_name", "cpu")
-        env.update(jax=jax.__version__, diffrax=diffrax.__version__)
+    env.update(versions or {})
     budget = args.budget if args.budget is not None else (3.0 if args.quick else 15.0)
     rows: list[Row] = []
     for name, contenders in cases(args.quick).items():
