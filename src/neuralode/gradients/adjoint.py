@@ -559,9 +559,7 @@ def _forward_mode(fn: Callable[..., torch.Tensor], primals: tuple, tangents: tup
         out = fn(*inputs)
         u = torch.zeros_like(out, requires_grad=True)
         pulled = torch.autograd.grad(out, inputs, u, create_graph=True, allow_unused=True)
-        inner = sum(
-            (g * v).sum() for g, v in zip(pulled, tangents, strict=True) if g is not None
-        )
+        inner = sum((g * v).sum() for g, v in zip(pulled, tangents, strict=True) if g is not None)
         if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
             return torch.zeros_like(out)
         return torch.autograd.grad(inner, u)[0]
