@@ -114,6 +114,7 @@ def _backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], cpp_wrappe
         kept = cached_compile(graph, inputs, _cpu_decompositions, cpu_settings)
         if kept is not None:
             return kept
+    from torch._functorch import config as functorch_config
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
@@ -126,7 +127,7 @@ def _backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor], cpp_wrappe
         patches["layout_optimization"] = False
     # No donated buffers: the backward would otherwise reuse saved tensors in place, among them
     # views of the solve's cached tolerances (a later solve then ran with a corrupted atol).
-    with torch._functorch.config.patch(donated_buffer=False):
+    with functorch_config.patch(donated_buffer=False):
         return compile_fx(graph, inputs, decompositions=decompositions, config_patches=patches)
 
 
