@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -82,18 +83,21 @@ class Row:
 
 
 def neuralode_forward(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, options: dict,
-                      variant: str) -> Contender:  # fmt: skip
+                      variant: str, lib: ModuleType = neuralode) -> Contender:  # fmt: skip
+    """A forward solve by ``lib`` (neuralode, or an older checkout of it loaded under another
+    name: see compare_in_process.py)."""
+
     def run() -> torch.Tensor:
         with torch.no_grad():
-            return neuralode.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options)
+            return lib.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options)
 
     def count() -> tuple[float, float, float | None]:
         with torch.no_grad():
-            _, stats = neuralode.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options,
-                                        return_stats=True)  # fmt: skip
+            _, stats = lib.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options,
+                                  return_stats=True)  # fmt: skip
         return _neuralode_counts(stats, y0.shape[0])
 
-    return Contender("neuralode", variant, run, count)
+    return Contender(lib.__name__, variant, run, count)
 
 
 def _neuralode_counts(stats: neuralode.SolverStats, batch: int) -> tuple[float, float, float]:
@@ -253,21 +257,23 @@ class VanDerPol(nn.Module):
 
 
 def neuralode_gradient(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, gradient: str,
-                       options: dict, variant: str) -> Contender:  # fmt: skip
+                       options: dict, variant: str, lib: ModuleType = neuralode
+                       ) -> Contender:  # fmt: skip
+    """Forward and backward through a solve by ``lib`` (see :func:`neuralode_forward`)."""
     params = tuple(func.parameters())
 
     def run() -> object:
-        ys = neuralode.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options, gradient=gradient)
+        ys = lib.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options, gradient=gradient)
         return torch.autograd.grad(ys[-1].square().sum(), params)
 
     def count() -> tuple[float, float, float | None]:
-        ys, stats = neuralode.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options,
-                                     gradient=gradient, return_stats=True)  # fmt: skip
+        ys, stats = lib.odeint(func, y0, t, rtol=TOL, atol=TOL, options=options,
+                               gradient=gradient, return_stats=True)  # fmt: skip
         torch.autograd.grad(ys[-1].square().sum(), params)
         nfe = stats.nfe + stats.backward_nfe
         return float(nfe * y0.shape[0]), float(nfe), float(stats.n_steps + stats.backward_steps)
 
-    return Contender("neuralode", variant, run, count)
+    return Contender(lib.__name__, variant, run, count)
 
 
 def torchdiffeq_gradient(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, adjoint: bool

@@ -67,6 +67,11 @@ class ScalarArith:
     def step_factor(step: float, like: torch.Tensor) -> float:
         return step
 
+    @staticmethod
+    def advance(y: torch.Tensor, step: float, f: torch.Tensor) -> torch.Tensor:
+        """y + step · f (one operation)."""
+        return torch.add(y, f, alpha=step)
+
 
 class RowArith:
     """Clock values as (R,) tensors (float64 times, bool flags, int64 counts)."""
@@ -107,6 +112,11 @@ class RowArith:
     def step_factor(step: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-row step sizes as a (R, 1) column in the state's dtype."""
         return step.to(like.dtype)[:, None]
+
+    @staticmethod
+    def advance(y: torch.Tensor, step: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """y + step · f per row."""
+        return torch.addcmul(y, RowArith.step_factor(step, y), f)
 
 
 class VmapScalarArith(ScalarArith):

@@ -21,6 +21,7 @@ Time is kept in float64 whatever the state's dtype. Step-size control runs under
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -210,7 +211,7 @@ class Loop:
         """Hairer, Nørsett & Wanner's starting step of each row (Solving ODEs I, II.4), and
         whether f is finite. One extra evaluation."""
         arith, tolerance, direction = self.arith, self.controller.tolerance, self.direction
-        with torch.no_grad():
+        with _untracked():
             scale = tolerance.scale(y)
             d0, d1 = tolerance.ratio(arith, y, scale), tolerance.ratio(arith, f, scale)
             finite = arith.isfinite(d1)
@@ -220,7 +221,7 @@ class Loop:
             h0 = arith.where(small, 1e-6, 0.01 * d0 / arith.where(small, 1.0, d1))
             h0 = arith.where(arith.isfinite(h0) & (h0 > 0), h0, 1e-6)
             step = direction * h0
-            f1 = self.field(t + step, y + arith.step_factor(step, y) * f)
+            f1 = self.field(t + step, arith.advance(y, step, f))
             d2 = tolerance.ratio(arith, f1 - f, scale) / h0
             largest = arith.clamp_min(d1, d2)
             order = self.controller.error_order
@@ -265,12 +266,12 @@ class Loop:
         if self.callbacks is not None:
             self.callbacks.before(c.t, c.y, step)
         f = self.field(c.t, c.y) if c.f is None else c.f
-        jump = self._jump(t1, last)
+        jump = self.nudge is not None and self._jump(t1, last)
         field = self.field if not jump else self._before(c.t + step, t1)
         ks, y1 = self.stepper.step(field, arith, c.t, c.y, f, step)
         f1 = ks[-1] if self.fsal else (None if self.lazy_end else field(t1, y1))
         magnitude = arith.absolute(step)
-        with torch.no_grad():
+        with _untracked():
             if isinstance(self.controller, FixedGrid):
                 finite = arith.isfinite(arith.clock(torch.linalg.vector_norm(y1, math.inf)))
                 accept, dt, memory = active & finite, self.controller.next_step(t1), c.memory
@@ -353,9 +354,9 @@ class Loop:
             if torch.compiler.is_compiling():  # (torch.cond here fails inductor's alias check)
                 return fill(c.outputs), None, f1
             return (fill(c.outputs) if truth(passed.any()) else c.outputs), None, f1
-        if not accept:
-            return c.outputs, c.next_output, f1
         times, first = self.times, c.next_output
+        if not accept or direction * (times[first] - t1) > 0:  # (no output time passed)
+            return c.outputs, first, f1
         index = first
         while index < len(times) and direction * (times[index] - t1) <= 0:
             index += 1
@@ -407,10 +408,8 @@ class Loop:
         return interpolate(weights, y, h, [*ks, f1], theta)
 
     def _jump(self, t1: Any, last: Any) -> bool:
-        """Whether f may jump at the end t1 of this step (one row): with perturb every fixed
-        step ends on one; adaptive steps that land on a jump_t time."""
-        if self.nudge is None:
-            return False
+        """Whether f may jump at the end t1 of this step (one row with a nudge): with perturb
+        every fixed step ends on one; adaptive steps that land on a jump_t time."""
         if self.landings is None:
             return True
         return bool(last) and t1 in self.landings.jumps
@@ -553,6 +552,14 @@ def _error(tableau: Tableau, ks: list[torch.Tensor], arith: Arith) -> torch.Tens
     if arith.rows:
         return combine(tableau.b_err, ks)
     return torch.mm(tableau.tensors(ks[0].dtype, ks[0].device).b_err, torch.cat(ks))
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+def _untracked() -> contextlib.AbstractContextManager[Any]:
+    """no_grad for the step-size control where autograd records, else nothing to enter."""
+    return torch.no_grad() if torch.is_grad_enabled() else _NOTHING
 
 
 def _ten_ulp(largest: Any) -> Any:
