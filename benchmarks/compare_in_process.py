@@ -13,7 +13,7 @@ alike. Reported per case and variant: the median time of each over the rounds an
 Usage::
 
     git worktree add /tmp/old <commit>
-    python benchmarks/compare_in_process.py --old /tmp/old [--budget 4] [--threads 1]
+    python benchmarks/compare_in_process.py --old /tmp/old [--budget 4] [--threads 1] [--case TEXT]
 
 Writes results/speed_in_process_vs_<commit>.{md,json} (``--name`` for another name).
 """
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--old", type=Path, required=True, help="checkout of the older commit")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of rounds per case")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--case", default="", help="only the cases whose name contains this")
     parser.add_argument("--name", help="output name (default speed_in_process_vs_<commit>)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
@@ -115,6 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = load_old(args.old, Path(tmp))
         for case, contenders in cases(old).items():
+            if args.case not in case:
+                continue
             print(f"\n{case}", flush=True)
             rows += measure(case, contenders, args.budget)
     found = {(r.case, r.variant, r.library): r for r in rows}
@@ -122,7 +125,9 @@ def main() -> None:
         f"# Speed in one process: {new_commit} (new) against {old_commit} (old)",
         "",
         f"- `python benchmarks/compare_in_process.py --old <worktree of {old_commit}> "
-        f"--budget {args.budget:g} --threads {args.threads}` (this commit's benchmark: "
+        f"--budget {args.budget:g} --threads {args.threads}"
+        + (f" --case {args.case!r}" if args.case else "")
+        + f"` (this commit's benchmark: "
         f"{new_commit}, with uncommitted changes if any); both packages in one process, "
         "bench_speed's neuralode contenders, old and new in every round on the same fields and "
         "inputs; median time per call over the rounds.",
