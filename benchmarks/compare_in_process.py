@@ -36,7 +36,14 @@ import neuralode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_solvers import ConvField, MLPField, environment
-from bench_speed import COMPILE, VanDerPol, measure, neuralode_forward, neuralode_gradient
+from bench_speed import (
+    COMPILE,
+    Contender,
+    VanDerPol,
+    measure,
+    neuralode_forward,
+    neuralode_gradient,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = "neuralode_old"
@@ -52,8 +59,9 @@ def load_old(checkout: Path, into: Path) -> ModuleType:
     return old
 
 
-def cases(old: ModuleType) -> dict[str, list[tuple[str, dict, str]]]:
-    """Per case: (kind, arguments, variant) of each contender, as bench_speed's cases."""
+def cases(old: ModuleType) -> dict[str, list[Contender]]:
+    """bench_speed's cases (but the ODE-Net training step): each neuralode contender twice, by
+    this checkout and by ``old``, next to each other."""
     torch.manual_seed(0)
     mlp, conv = MLPField(), ConvField()
     t2 = torch.linspace(0.0, 1.0, 2)
