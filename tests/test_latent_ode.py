@@ -12,7 +12,7 @@ import torch
 from neuralode.nn import GapRNN, LatentODE, SolverConfig, gaussian_kl
 from neuralode.paper.cli import main
 from neuralode.paper.data.spirals import TIMES, WINDOW, make_spirals
-from neuralode.paper.experiments.latent import encoder_view
+from neuralode.paper.experiments.latent import encoder_view, load_model
 
 
 def test_spirals_shapes_masks_and_directions() -> None:
@@ -98,17 +98,19 @@ def test_the_encoder_sees_a_prefix_of_a_share_of_the_trajectories() -> None:
 
 
 def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    runs = (("latent_ode", "0", "obs30-latent_ode"), ("rnn", "0", "obs30-rnn"),
-            ("rnn", "1", "obs30-rnn-seed1"))  # fmt: skip
-    for model, seed, name in runs:
+    runs = (("latent_ode", "0", "obs30-latent_ode", "0"), ("rnn", "0", "obs30-rnn", "0"),
+            ("rnn", "1", "obs30-rnn-seed1", "0"), ("rnn", "1", "obs30-rnn-wd", "50"))  # fmt: skip
+    for model, seed, name, decay in runs:
         args = ["latent", "train", "--model", model, "--epochs", "2", "--train-size", "40"]
         args += ["--test-size", "10", "--tol", "1e-3", "--out", str(tmp_path / name)]
-        args += ["--seed", seed, "--prefix-prob", "0.5"]
+        args += ["--seed", seed, "--prefix-prob", "0.5", "--weight-decay", decay]
         assert main([*args, "--threads", "1"]) == 0
         checkpoint = str(tmp_path / name / "model.pt")
         assert main(["latent", "eval", "--checkpoint", checkpoint, "--test-size", "10"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert result["run"] == name and result["spirals"] == 10
+        # (eval names a run by its config: model, n and seed)
+        assert result["run"] == f"obs30-{model}" + (f"-seed{seed}" if seed != "0" else "")
+        assert result["spirals"] == 10
         assert result["rmse_interp"] > 0 and result["rmse_extrap"] > 0
     out = tmp_path / "results"
     args = ["latent", "report", "--runs", str(tmp_path), "--out", str(out), "--test-size", "10"]
@@ -116,12 +118,21 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rows = json.loads((out / "latent_ode.json").read_text())
     assert {row["model"] for row in rows} == {"latent_ode", "rnn"}
     table = (out / "latent_ode.md").read_text()
-    assert "| Latent ODE (field 20, lr 0.01, prefix 0.5) | 30 |" in table
+    assert "| Latent ODE (field 20, lr 0.01, 2 epochs, prefix 0.5) | 30 |" in table
+    assert "| RNN with time gaps (lr 0.01, weight decay 50, 2 epochs, seed 1) | 30 |" in table
+    # Decoupled decay 50 scales every weight by 1 - 50·lr at each of the 2 steps (1 batch per
+    # epoch; cosine lr 0.01 then 0.005): by 0.5 · 0.75 = 0.375, besides Adam's steps of about
+    # lr each, against the same seed's run without decay.
+    norms = {}
+    for name in ("obs30-rnn-seed1", "obs30-rnn-wd"):
+        trained, _ = load_model(tmp_path / name / "model.pt", torch.device("cpu"))
+        norms[name] = torch.cat([p.flatten() for p in trained.parameters()]).norm()
+    assert 0.33 < norms["obs30-rnn-wd"] / norms["obs30-rnn-seed1"] < 0.42
     assert "| 0.1642 |" in table  # the paper's
-    rnn = [row for row in rows if row["model"] == "rnn"]
+    rnn = [row for row in rows if row["model"] == "rnn" and not row["weight_decay"]]
     rmse, extrap = [r["rmse"] for r in rnn], [r["rmse_extrap"] for r in rnn]
     assert (
-        f"| RNN with time gaps (lr 0.01) | 30 | 2 | {sum(rmse) / 2:.4f} | "
+        f"| RNN with time gaps (lr 0.01, 2 epochs) | 30 | 2 | {sum(rmse) / 2:.4f} | "
         f"{min(rmse):.4f}–{max(rmse):.4f} | 0.3937 | {sum(extrap) / 2:.4f} | "
         f"{min(extrap):.4f}–{max(extrap):.4f} |"
     ) in table

@@ -69,6 +69,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="20",
         help="hidden widths of the latent vector field, comma-separated (paper: 20)",
     )
+    parser.add_argument(
+        "--weight-decay",
+        type=arguments.nonnegative_float,
+        default=0.0,
+        help="decoupled weight decay (AdamW's) of every parameter, per unit learning rate",
+    )
     parser.add_argument("--tol", type=positive_float, default=1e-5, help="latent solve rtol = atol")
     parser.add_argument(
         "--prefix-prob",
@@ -184,7 +190,9 @@ def train(args: argparse.Namespace) -> int:
         spirals.observed[:, window], spirals.mask[:, window], batch_size=args.batch_size
     )
     test = held_out_spirals(config, args.test_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay, decoupled_weight_decay=True
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     if distributed.is_main:
         print(f"obs{args.obs}-{args.model}: {config['parameters']:,} parameters, writing to {out}")
