@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "torchdiffeq"
 
 
+def commit_of(checkout: Path) -> str:
+    """The short hash of the checkout's HEAD."""
+    command = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def run_bench(checkout: Path, out: Path, budget: float, threads: int, quick: bool) -> dict:
     """One run of the checkout's bench_speed.py; its speed.json."""
     env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
@@ -126,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         args.render.with_suffix(".md").write_text(text)
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.old, text=True,
-                            capture_output=True, check=True).stdout.strip()  # fmt: skip
+    commit = commit_of(args.old)
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):

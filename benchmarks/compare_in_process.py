@@ -24,7 +24,6 @@ import argparse
 import importlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +43,7 @@ from bench_speed import (
     neuralode_forward,
     neuralode_gradient,
 )
+from compare_checkouts import commit_of
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = "neuralode_old"
@@ -102,11 +102,6 @@ def cases(old: ModuleType) -> dict[str, list[Contender]]:
         for lib in (neuralode, old)
     ]
     return contenders
-
-
-def commit_of(checkout: Path) -> str:
-    command = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main() -> None:
