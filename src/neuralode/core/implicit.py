@@ -26,7 +26,11 @@ with :class:`~neuralode.errors.ConvergenceError` (torchdiffeq warns and goes on 
 unconverged stages).
 
 Gradients: backpropagation goes through the iterations (J and its inverse are constants,
-whose effect on the converged stages vanishes with the residual).
+whose effect on the converged stages vanishes with the residual). With the matrix held fixed,
+each order of derivative needs one iteration after the values have converged: the iteration
+that confirms convergence makes first derivatives exact to the Newton tolerance, and when the
+stages carry derivatives (autograd records them, or a forward-mode tangent) one more makes
+second derivatives exact too (Hessians, double backward).
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd import forward_ad
 
 from .arith import Arith
 from .implicit_methods import ImplicitMethod
 from .state import FlatField
 from .steppers import Field, jacobian_blocks
+from .transforms import is_wrapped
 
 DEFAULT_MAX_ITERS = 100
 
@@ -145,6 +151,7 @@ class ImplicitRK:
         with torch.no_grad():
             scale = 1.0 / (tol * (1.0 + y.abs()))  # (1, N)
         ks = [f] * m
+        converged = False
         for _ in range(self.max_iters):
             residual = []
             for p, i in enumerate(block):
@@ -167,7 +174,11 @@ class ImplicitRK:
                 )
                 return ks
             if size <= 1.0:
-                return ks
+                if converged or not _carries_derivatives(ks[0]):
+                    return ks
+                converged = True  # one more iteration, for exact second derivatives
+        if converged:  # (the extra iteration was the last allowed)
+            return ks
         self.failure = (
             f"the stage equations of method {self.tableau.name!r} did not converge in "
             f"max_iters={self.max_iters} Newton iterations (last change {size * tol:.3g} of "
@@ -192,3 +203,10 @@ class ImplicitRK:
             self._jacobian = jacobian_blocks(self.flat_field, t, y, self.blocks)
             self._uses = 0
         return self._jacobian
+
+
+def _carries_derivatives(k: torch.Tensor) -> bool:
+    """Derivatives may flow through the stage ``k``: autograd records it, a torch.func
+    transform wraps it, or a forward_ad dual level is open (asking a batched tensor for its
+    tangent is refused, so a transform's wrapper counts as carrying one)."""
+    return k.requires_grad or is_wrapped(k) or forward_ad._current_level >= 0
