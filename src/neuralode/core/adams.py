@@ -19,6 +19,7 @@ from .adams_method import MIN_ORDER, AdamsMethod
 from .arith import Arith
 from .controllers import Tolerance
 from .steppers import ExplicitRK, Field
+from .transforms import truth
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(8)  # exact to degree 15 ≥ 12 − 1
 _POINTS, _QUADRATURE = (_NODES + 1.0) / 2.0, _WEIGHTS / 2.0  # on [0, 1]
@@ -105,7 +106,8 @@ class Adams:
         derivatives: torch.Tensor,
     ) -> tuple[torch.Tensor, bool]:
         """The Adams–Moulton increment by functional iteration from the prediction ``dy``, and
-        whether two iterates agreed within rtol/atol before ``max_iters`` iterations."""
+        whether two iterates agreed within rtol/atol before ``max_iters`` iterations (under
+        torch.func.vmap, in every instance: they iterate until all have converged)."""
         weights = integrated_lagrange((1.0, *nodes))
         history_part = self._combine(weights[1:], derivatives, step)
         new_weight = step * float(weights[0])
@@ -116,7 +118,8 @@ class Adams:
             dy = new_weight * field(t1, y + dy) + history_part
             with torch.no_grad():
                 scale = self.atol + self.rtol * torch.maximum(previous.abs(), dy.abs())
-                converged = bool(((dy - previous).abs() / scale).max() < 1)
+                # (under torch.func.vmap: once every instance has; NaN never converges)
+                converged = not truth(~(((dy - previous).abs() / scale).max() < 1))
             if converged:
                 break
         if not converged:
