@@ -18,46 +18,28 @@ from .transforms import unwrap
 
 
 class ScalarArith:
-    """Clock values as Python floats and bools (one row)."""
+    """Clock values as Python floats and bools (one row). Where a builtin does the operation it
+    is the operation itself (a call without a Python frame: the loop calls these every step)."""
 
     rows = False
+    minimum = staticmethod(min)
+    clamp_min = staticmethod(max)  # max(x, low): NaN stays NaN, as with tensors
+    isfinite = staticmethod(math.isfinite)
+    absolute = staticmethod(abs)
+    clock = staticmethod(float)  # a (1,) or 0-d tensor norm → float: a step's host sync
+    count = staticmethod(int)
 
     @staticmethod
     def where(condition: Any, a: Any, b: Any) -> Any:
         return a if condition else b
 
     @staticmethod
-    def minimum(a: float, b: float) -> float:
-        return min(a, b)
-
-    @staticmethod
     def clip(x: float, low: float, high: float) -> float:
         return min(high, max(low, x))
 
     @staticmethod
-    def clamp_min(x: float, low: float) -> float:
-        return low if x < low else x  # NaN stays NaN, as with tensors
-
-    @staticmethod
     def nan_to(x: float, value: float) -> float:
         return value if math.isnan(x) else x
-
-    @staticmethod
-    def isfinite(x: float) -> bool:
-        return math.isfinite(x)
-
-    @staticmethod
-    def absolute(x: float) -> float:
-        return abs(x)
-
-    @staticmethod
-    def clock(x: torch.Tensor) -> float:
-        """A (1,) or 0-d tensor norm → float (the host synchronisation of a step)."""
-        return float(x)
-
-    @staticmethod
-    def count(flag: bool) -> int:
-        return int(flag)
 
     @staticmethod
     def and_not(a: bool, b: bool) -> bool:

@@ -143,7 +143,7 @@ class Loop:
         self.fsal = self.tableau.fsal
         # f(t1, y1) is evaluated lazily on one row; rows evaluate it every iteration.
         self.lazy_end = not arith.rows and not self.fsal
-        fixed = isinstance(controller, FixedGrid)
+        self.fixed = fixed = isinstance(controller, FixedGrid)
         self.interp = controller.interp if fixed else "method"
         self.needs_end_derivative = self.interp != "linear"  # for the dense output
         # Where f may jump (one row): every grid point with perturb, or jump_t's times.
@@ -195,7 +195,7 @@ class Loop:
             t, outputs = self.times[0], (y0[None],)
             counts = (0, 0, 0)
             memory, last_dt = (1.0, 1.0), math.nan
-        if isinstance(self.controller, FixedGrid):
+        if self.fixed:
             dt = self.controller.next_step(t)
         elif first_dt is not None:
             dt = first_dt
@@ -272,7 +272,7 @@ class Loop:
         f1 = ks[-1] if self.fsal else (None if self.lazy_end else field(t1, y1))
         magnitude = arith.absolute(step)
         with _untracked():
-            if isinstance(self.controller, FixedGrid):
+            if self.fixed:
                 finite = arith.isfinite(arith.clock(torch.linalg.vector_norm(y1, math.inf)))
                 accept, dt, memory = active & finite, self.controller.next_step(t1), c.memory
                 failed, why = arith.and_not(active, finite), NONFINITE
@@ -286,7 +286,9 @@ class Loop:
                 accept, dt, memory = self.controller.propose(
                     arith, ratio, magnitude, c.memory, active
                 )
-                failed = arith.and_not(active, accept) & (dt < self._resolution(c.t))
+                failed = arith.and_not(active, accept)
+                if arith.rows or failed:  # (one row: a rejected step may have underflowed)
+                    failed = failed & (dt < self._resolution(c.t))
                 why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
             if not arith.rows and self.stepper.failure is not None and active:
                 accept, failed, why = False, True, NOT_CONVERGED

@@ -90,7 +90,9 @@ def carries_tangent(x: torch.Tensor) -> bool:
     arguments too, with none; grad's and vmap's wrappers carry none)."""
     if forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None:
         return True
-    stack = _functorch.get_interpreter_stack() or ()
+    stack = _functorch.get_interpreter_stack()
+    if not stack:  # (no transform: the plain tensor carries no tangent but forward_ad's)
+        return False
     levels = {level.level() for level in stack if level.key() == _JVP}
     while _functorch.maybe_get_level(x) != -1:
         at_jvp = _functorch.maybe_get_level(x) in levels and not _functorch.is_batchedtensor(x)

@@ -1,0 +1,142 @@
+"""Instructions per call of this checkout's solver against an older checkout's (valgrind).
+
+Wall-clock ratios on a shared machine drift by ±5 % even in one process
+(compare_in_process.py), more than the per-solve overheads they are asked to compare. The
+number of instructions a call executes does not drift: this script runs compare_in_process.py's
+eager cases (old and new package in one process) under valgrind's callgrind, switches the
+count on around ``--calls`` calls of each contender (after two warm-up calls) and reports
+instructions per call, new / old. Instructions are not time (cache misses and memory traffic
+are not in them), so large-batch cases, whose time is in the kernels, are better judged by
+time; at batch 1, where the time is the Python and dispatch overhead, they are the overhead.
+Compiled variants are left out (compiling under valgrind takes hours).
+
+Usage::
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/count_instructions.py --old /tmp/old [--calls 5] [--case TEXT]
+
+Needs valgrind. Writes results/instructions_vs_<commit>.{md,json} (``--name`` for another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_checkouts import commit_of
+from compare_in_process import OLD, ROOT, cases, load_old
+
+INNER = "NEURALODE_COUNT_INSTRUCTIONS_INNER"
+"""Set in the process that valgrind runs: the folder for the list of what each dump counted."""
+
+
+def count_inside(args: argparse.Namespace, folder: Path) -> None:
+    """Under callgrind: each eager contender's calls counted, one dump each, named by index;
+    ``folder/dumps.json`` lists (case, variant, library) per index."""
+    pid = str(os.getpid())
+
+    def control(*options: str) -> None:
+        subprocess.run(["callgrind_control", *options, pid], check=True, capture_output=True)
+
+    names = []
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_old(args.old, Path(tmp))
+        for case, contenders in cases(old).items():
+            if args.case not in case:
+                continue
+            for contender in contenders:
+                if "compiled" in contender.variant:
+                    continue
+                contender.run()
+                contender.run()
+                control("--zero")
+                control("--instr=on")
+                for _ in range(args.calls):
+                    contender.run()
+                control("--instr=off")
+                control("--dump", f"call{len(names)}")
+                names.append((case, contender.variant, contender.library))
+                print(f"{case} | {contender.variant} | {contender.library}", flush=True)
+    (folder / "dumps.json").write_text(json.dumps(names))
+
+
+def read_dumps(folder: Path, calls: int) -> dict[tuple[str, str, str], float]:
+    """Instructions per call of each (case, variant, library) from callgrind's dump files."""
+    names = [tuple(name) for name in json.loads((folder / "dumps.json").read_text())]
+    found = {}
+    for dump in folder.glob("callgrind.out.*"):
+        text = dump.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: .*?call(\d+)\s*$", text, re.MULTILINE)
+        totals = re.search(r"^totals: (\d+)", text, re.MULTILINE)
+        if trigger and totals:
+            found[int(trigger.group(1))] = int(totals.group(1)) / calls
+    return {names[index]: found[index] for index in sorted(found)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", type=Path, required=True, help="checkout of the older commit")
+    parser.add_argument("--calls", type=int, default=5, help="calls counted per contender")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--case", default="", help="only the cases whose name contains this")
+    parser.add_argument("--name", help="output name (default instructions_vs_<commit>)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if os.environ.get(INNER):
+        count_inside(args, Path(os.environ[INNER]))
+        return
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("count_instructions.py needs valgrind (callgrind); install it first")
+    with tempfile.TemporaryDirectory() as folder:
+        output = f"--callgrind-out-file={folder}/callgrind.out"
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", output, sys.executable,
+                   *sys.argv]  # fmt: skip
+        print("running under valgrind (minutes: torch alone takes 3 to import) ...", flush=True)
+        subprocess.run(command, env={**os.environ, INNER: folder}, check=True)
+        counts = read_dumps(Path(folder), args.calls)
+    old_commit, new_commit = commit_of(args.old), commit_of(ROOT)
+    lines = [
+        f"# Instructions per call: {new_commit} (new) against {old_commit} (old)",
+        "",
+        f"- `python benchmarks/count_instructions.py --old <worktree of {old_commit}> "
+        f"--calls {args.calls}" + (f" --case {args.case!r}" if args.case else "") + "` "
+        f"(this commit's benchmark: {new_commit}, with uncommitted changes if any): "
+        "compare_in_process.py's eager cases, both packages in one process under valgrind's "
+        f"callgrind, instructions executed per call (mean of {args.calls} calls after two "
+        "warm-up calls). Deterministic up to the allocator; not time.",
+        f"- torch {torch.__version__}, {args.threads} thread(s); dopri5, rtol = atol = 1e-6, "
+        "float32.",
+        "",
+        "| case | variant | old (M instructions) | new (M instructions) | new / old |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    rows = []
+    for (case, variant, library), new in counts.items():
+        if library != "neuralode":
+            continue
+        before = counts[(case, variant, OLD)]
+        rows.append({"case": case, "variant": variant, "old": before, "new": new,
+                     "new_over_old": new / before})  # fmt: skip
+        lines.append(f"| {case} | {variant} | {before / 1e6:.3f} | {new / 1e6:.3f} | "
+                     f"{new / before:.3f} |")  # fmt: skip
+    name = args.name or f"instructions_vs_{old_commit}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    record = {"old": old_commit, "new": new_commit, "calls": args.calls, "rows": rows}
+    (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
