@@ -104,14 +104,21 @@ def cases(old: ModuleType) -> dict[str, list[Contender]]:
     return contenders
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def comparison_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options of a comparison of this checkout with an older one (``name``: the default
+    output name, before ``_vs_<commit>``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--old", type=Path, required=True, help="checkout of the older commit")
-    parser.add_argument("--budget", type=float, default=4.0, help="seconds of rounds per case")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--case", default="", help="only the cases whose name contains this")
-    parser.add_argument("--name", help="output name (default speed_in_process_vs_<commit>)")
+    parser.add_argument("--name", help=f"output name (default {name}_vs_<commit>)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    return parser
+
+
+def main() -> None:
+    parser = comparison_parser(__doc__.splitlines()[0], "speed_in_process")
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds of rounds per case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     old_commit, new_commit = commit_of(args.old), commit_of(ROOT)
@@ -152,11 +159,15 @@ def main() -> None:
         lines.append(f"| {case} | {variant} | {before.time_ms:.3g} | {new.time_ms:.3g} | "
                      f"{ratio:.3f} | {before.nfe_batch:.0f} / {new.nfe_batch:.0f} | "
                      f"{new.rounds} |")  # fmt: skip
-    name = args.name or f"speed_in_process_vs_{old_commit}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     record = {"old": old_commit, "new": new_commit, "budget": args.budget, "rows": table}
-    (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_report(args.out / (args.name or f"speed_in_process_vs_{old_commit}"), lines, record)
+
+
+def write_report(path: Path, lines: list[str], record: dict) -> None:
+    """The table's ``lines`` to path.md, ``record`` to path.json, and the table printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print("\n".join(lines))
 
 

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_checkouts import commit_of
-from compare_in_process import OLD, ROOT, cases, load_old
+from compare_in_process import OLD, ROOT, cases, comparison_parser, load_old, write_report
 
 INNER = "NEURALODE_COUNT_INSTRUCTIONS_INNER"
 """Set in the process that valgrind runs: the folder for the list of what each dump counted."""
@@ -84,13 +84,8 @@ def read_dumps(folder: Path, calls: int) -> dict[tuple[str, str, str], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", type=Path, required=True, help="checkout of the older commit")
+    parser = comparison_parser(__doc__.splitlines()[0], "instructions")
     parser.add_argument("--calls", type=int, default=5, help="calls counted per contender")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--case", default="", help="only the cases whose name contains this")
-    parser.add_argument("--name", help="output name (default instructions_vs_<commit>)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if os.environ.get(INNER):
@@ -130,12 +125,8 @@ def main() -> None:
                      "new_over_old": new / before})  # fmt: skip
         lines.append(f"| {case} | {variant} | {before / 1e6:.3f} | {new / 1e6:.3f} | "
                      f"{new / before:.3f} |")  # fmt: skip
-    name = args.name or f"instructions_vs_{old_commit}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     record = {"old": old_commit, "new": new_commit, "calls": args.calls, "rows": rows}
-    (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print("\n".join(lines))
+    write_report(args.out / (args.name or f"instructions_vs_{old_commit}"), lines, record)
 
 
 if __name__ == "__main__":
