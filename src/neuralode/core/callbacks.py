@@ -9,6 +9,7 @@ variants with its augmented state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +38,15 @@ class Callbacks:
         """The callbacks of ``func`` (the ``*_adjoint`` ones for the adjoint's backward solve),
         or None if it has none."""
         suffix = "_adjoint" if adjoint else ""
-        # Looked up on the class and the instance's own attributes: nn.Module's __getattr__,
-        # reached on a miss, raises and catches an exception each time (every solve pays this).
+        # Looked up on the class (once per class) and the instance's own attributes: a miss
+        # raises and catches an exception, and nn.Module's __getattr__ another (every solve
+        # would pay for them).
         own = getattr(func, "__dict__", {})
+        on_class = _on_class(type(func), suffix)
+        if not on_class and own.keys().isdisjoint(name + suffix for name in NAMES):
+            return None
         found = [
-            getattr(func, name + suffix)
-            if hasattr(type(func), name + suffix)
-            else own.get(name + suffix)
+            getattr(func, name + suffix) if name + suffix in on_class else own.get(name + suffix)
             for name in NAMES
         ]
         if not any(callable(c) for c in found):
@@ -68,3 +71,9 @@ class Callbacks:
         callback = self.accept if accepted else self.reject
         if callback is not None:
             callback(*self._arguments(t, y, step))
+
+
+@functools.lru_cache(maxsize=256)
+def _on_class(cls: type, suffix: str) -> frozenset[str]:
+    """The callback names (with ``suffix``) that ``cls`` defines."""
+    return frozenset(name + suffix for name in NAMES if hasattr(cls, name + suffix))

@@ -74,7 +74,7 @@ def _pack(c: Carry) -> tuple[torch.Tensor, ...]:
 
 def _unpack(tensors: tuple[torch.Tensor, ...]) -> Carry:
     clock, state, outputs, counts, iterations = tensors
-    return Carry(clock[0], clock[1], (clock[2], clock[3]), clock[4], state[0], state[1],
+    return Carry(clock[0], clock[1], (clock[2], clock[3]), clock[4], state[0], state[1], None,
                  outputs, None, counts[0], counts[1], counts[2], iterations)  # fmt: skip
 
 

@@ -53,9 +53,10 @@ class Tolerance:
     parts: tuple[int, ...] | None = None
     pairs: bool = False
 
-    def scale(self, y0: torch.Tensor, y1: torch.Tensor | None = None) -> torch.Tensor:
-        """The error scale of rows y0 → y1 (of y0 alone without y1), (R, N)."""
-        size = self._abs(y0) if y1 is None else torch.maximum(self._abs(y0), self._abs(y1))
+    def scale(self, size0: torch.Tensor, size1: torch.Tensor | None = None) -> torch.Tensor:
+        """The error scale of a step between rows of sizes ``size0`` and ``size1`` (of
+        :meth:`size`; ``size0`` alone without ``size1``), (R, N)."""
+        size = size0 if size1 is None else torch.maximum(size0, size1)
         scale = torch.addcmul(self.atol, self.rtol, size)
         return scale.clamp_(min=torch.finfo(scale.dtype).tiny) if self.exact_zero else scale
 
@@ -78,8 +79,9 @@ class Tolerance:
         largest = torch.stack(rms).amax(dim=0)
         return arith.clock(largest if arith.rows else largest[0])
 
-    def _abs(self, y: torch.Tensor) -> torch.Tensor:
-        """|y| per component; for pairs, each entry's modulus, on both of its halves."""
+    def size(self, y: torch.Tensor) -> torch.Tensor:
+        """|y| of rows y (R, N) per component; for pairs, each entry's modulus, on both of its
+        halves."""
         if not self.pairs:
             return y.abs()
         modulus = torch.hypot(y[..., 0::2], y[..., 1::2])
@@ -199,36 +201,36 @@ class AdaptiveController:
                 "the controller's coefficients must sum to a positive number (pcoeff + icoeff + "
                 f"dcoeff), got {self.pcoeff + self.icoeff + self.dcoeff!r}"
             )
-
-    def start_memory(self) -> tuple[float, float]:
-        """The ratios of the two accepted steps before the first (neutral: 1)."""
-        return 1.0, 1.0
+        # The law's exponents, once: of r, r₁ and r₂ on an accepted step, of r on a rejected one.
+        k = self.error_order + 1
+        p, i, d = self.pcoeff, self.icoeff, self.dcoeff
+        object.__setattr__(self, "_exponents", (-(p + i + d) / k, (p + 2 * d) / k, -d / k, -1 / k))
+        object.__setattr__(self, "_remembers", bool(p or d))  # (I control's law has no memory)
 
     def propose(
         self, arith: Arith, ratio: Any, step: Any, memory: tuple[Any, Any], active: Any
     ) -> tuple[Any, Any, tuple[Any, Any]]:
         """(accept, next step magnitude, memory) from the error ratio of an attempted step of
         magnitude ``step``; rows that are not ``active`` keep their memory."""
-        k = self.error_order + 1
+        grows, by_r1, by_r2, shrinks = self._exponents  # type: ignore[attr-defined]
         accept = active & (ratio <= 1.0)
         safe = arith.clamp_min(ratio, 1e-30)
         r1, r2 = memory
-        grow = safe ** (-(self.pcoeff + self.icoeff + self.dcoeff) / k)
-        if self.pcoeff or self.dcoeff:
-            grow = grow * r1 ** ((self.pcoeff + 2 * self.dcoeff) / k)
-        if self.dcoeff:
-            grow = grow * r2 ** (-self.dcoeff / k)
-        factor = self.safety * arith.where(accept, grow, safe ** (-1.0 / k))
+        grow = safe**grows
+        if self._remembers:  # type: ignore[attr-defined]
+            grow = grow * r1**by_r1 * r2**by_r2
+        factor = self.safety * arith.where(accept, grow, safe**shrinks)
         factor = arith.nan_to(arith.where(ratio == 0, self.ifactor, factor), self.dfactor)
-        factor = arith.clip(
-            factor, arith.where(accept, 1.0, self.dfactor), arith.where(accept, self.ifactor, 1.0)
-        )
+        # (a rejected step's factor is below 1 already: a ratio above 1, a safety up to 1)
+        factor = arith.clip(factor, self.dfactor, self.ifactor)
+        factor = arith.where(accept, arith.clamp_min(factor, 1.0), factor)
         dt = arith.clip(step * factor, self.min_step, self.max_step)
-        remember = accept & (ratio > 0)
-        memory = (
-            arith.where(remember, arith.clamp_min(ratio, 1e-4), r1),
-            arith.where(remember, r1, r2),
-        )
+        if self._remembers:  # type: ignore[attr-defined]
+            remember = accept & (ratio > 0)
+            memory = (
+                arith.where(remember, arith.clamp_min(ratio, 1e-4), r1),
+                arith.where(remember, r1, r2),
+            )
         return accept, dt, memory
 
 

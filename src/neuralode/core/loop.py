@@ -57,6 +57,9 @@ class Carry(NamedTuple):
         t: time reached; dt: magnitude of the next step; memory: the controller's (r1, r2);
         last_dt: magnitude of the last accepted step (NaN before one).
         y, f: the state and dy/dt at t (f None: evaluate it when needed).
+        size: |y| as the error scale measures it (:meth:`Tolerance.size`), kept from step to
+            step on one row with adaptive steps; else None (rows: masking it would cost what
+            keeping it saves).
         outputs: scalar clock: tuple of (m, 1, N) blocks of states at the output times passed;
             rows: (T, R, N) with the passed times filled in.
         next_output: scalar clock: index of the next output time (rows: None).
@@ -69,6 +72,7 @@ class Carry(NamedTuple):
     last_dt: Any
     y: torch.Tensor
     f: torch.Tensor | None
+    size: torch.Tensor | None
     outputs: Any
     next_output: int | None
     accepted: Any
@@ -183,6 +187,10 @@ class Loop:
         tensor, or None for the starting step of :meth:`initial_step` (one more evaluation)."""
         arith, rows = self.arith, y0.shape[0]
         status: Any = RUNNING
+        size = None
+        if not self.fixed:
+            with _untracked():
+                size = self.controller.tolerance.size(y0)
         if arith.rows:
             t = self.times_tensor[0].expand(rows)
             outputs = torch.cat([y0[None], y0.new_zeros((len(self.times) - 1, *y0.shape))])
@@ -200,19 +208,22 @@ class Loop:
         elif first_dt is not None:
             dt = first_dt
         else:
-            dt, finite = self.initial_step(t, y0, f0)
+            dt, finite = self.initial_step(t, y0, f0, size)
             status = arith.where(finite, status, NONFINITE)
         next_output = None if arith.rows else 1
         accepted, rejected, iterations = counts
-        return Carry(t, dt, memory, last_dt, y0, f0, outputs, next_output, accepted, rejected,
-                     status, iterations)  # fmt: skip
+        size = None if arith.rows else size
+        return Carry(t, dt, memory, last_dt, y0, f0, size, outputs, next_output, accepted,
+                     rejected, status, iterations)  # fmt: skip
 
-    def initial_step(self, t: Any, y: torch.Tensor, f: torch.Tensor) -> tuple[Any, Any]:
+    def initial_step(
+        self, t: Any, y: torch.Tensor, f: torch.Tensor, size: torch.Tensor
+    ) -> tuple[Any, Any]:
         """Hairer, Nørsett & Wanner's starting step of each row (Solving ODEs I, II.4), and
-        whether f is finite. One extra evaluation."""
+        whether f is finite; ``size``: |y| (:meth:`Tolerance.size`). One extra evaluation."""
         arith, tolerance, direction = self.arith, self.controller.tolerance, self.direction
         with _untracked():
-            scale = tolerance.scale(y)
+            scale = tolerance.scale(size)
             d0, d1 = tolerance.ratio(arith, y, scale), tolerance.ratio(arith, f, scale)
             finite = arith.isfinite(d1)
             if not arith.rows and not finite:  # an infinite relative slope, or a NaN in f?
@@ -271,6 +282,7 @@ class Loop:
         ks, y1 = self.stepper.step(field, arith, c.t, c.y, f, step)
         f1 = ks[-1] if self.fsal else (None if self.lazy_end else field(t1, y1))
         magnitude = arith.absolute(step)
+        size = None
         with _untracked():
             if self.fixed:
                 finite = arith.isfinite(arith.clock(torch.linalg.vector_norm(y1, math.inf)))
@@ -278,18 +290,19 @@ class Loop:
                 failed, why = arith.and_not(active, finite), NONFINITE
                 dt = arith.where(failed, magnitude, dt)
             else:
-                error = _error(tableau, ks, arith)
-                scale = self.controller.tolerance.scale(c.y, y1)
-                ratio = magnitude * self.controller.tolerance.ratio(arith, error, scale)
+                tolerance = self.controller.tolerance
+                error, size = _error(tableau, ks, arith), tolerance.size(y1)
+                size0 = tolerance.size(c.y) if c.size is None else c.size
+                ratio = magnitude * tolerance.ratio(arith, error, tolerance.scale(size0, size))
                 if arith.rows:  # (no tangent either: forward mode treats steps as constants)
                     ratio = ratio.detach()
                 accept, dt, memory = self.controller.propose(
                     arith, ratio, magnitude, c.memory, active
                 )
-                failed = arith.and_not(active, accept)
+                failed, why = arith.and_not(active, accept), UNDERFLOW
                 if arith.rows or failed:  # (one row: a rejected step may have underflowed)
                     failed = failed & (dt < self._resolution(c.t))
-                why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
+                    why = arith.where(arith.isfinite(ratio), UNDERFLOW, NONFINITE)
             if not arith.rows and self.stepper.failure is not None and active:
                 accept, failed, why = False, True, NOT_CONVERGED
         status = arith.where(failed, why, c.status)
@@ -303,15 +316,16 @@ class Loop:
             stop = watch(seen)
             f1 = seen.end_derivative
             if stop:  # the watcher has what it needs: end here, at t1
-                return c._replace(t=t1, y=y1, f=f1, status=STOPPED, accepted=c.accepted + 1,
-                                  iterations=c.iterations + 1)  # fmt: skip
+                return c._replace(t=t1, y=y1, f=f1, size=size, status=STOPPED,
+                                  accepted=c.accepted + 1, iterations=c.iterations + 1)  # fmt: skip
         outputs, next_output, f1 = self._record(c, t1, y1, step, ks, f1, accept, field)
         if arith.rows:
             keep = accept[:, None]
             y_next = torch.where(keep, y1, c.y)
             f_next = torch.where(keep, f1, c.f)
+            size = None
         else:
-            y_next, f_next = (y1, f1) if accept else (c.y, f)
+            y_next, f_next, size = (y1, f1, size) if accept else (c.y, f, c.size)
             if jump and accept and t1 != self.t_end:  # the next step starts just after t1
                 f_next = self.field(self.nudge.toward(t1, direction), y1)
         return Carry(
@@ -321,6 +335,7 @@ class Loop:
             arith.where(accept, magnitude, c.last_dt),
             y_next,
             f_next,
+            size,
             outputs,
             next_output,
             c.accepted + arith.count(accept),
