@@ -351,6 +351,27 @@ def test_vmap_over_times_equals_a_loop(mode: str, method: str) -> None:
         torch.testing.assert_close(ys, expected, rtol=1e-8, atol=1e-8 * float(y0.abs().max()))
 
 
+@pytest.mark.parametrize("mode", ["backprop", "checkpoint"])
+def test_vmap_over_times_inside_a_dual_level(mode: str) -> None:
+    """vmap over t while a forward_ad dual level is open, y0 a dual tensor closed over: each
+    instance's values and tangents equal a loop of single solves, and the tangent is the
+    closed form Φ(t, t0) ẏ0 (the solver asked the batched times for a tangent and was refused
+    with a raw RuntimeError)."""
+    func, direction = TimeDependent(), torch.tensor([0.3, -1.0], dtype=torch.float64)
+    with forward_ad.dual_level():
+        y0 = forward_ad.make_dual(Y0, direction)
+        end = lambda t: solve(func, y0, mode, "dopri5", t)  # noqa: E731
+        batched = forward_ad.unpack_dual(torch.func.vmap(end)(TIMES))
+        looped = [forward_ad.unpack_dual(end(t)) for t in TIMES]
+    torch.testing.assert_close(batched.primal, torch.stack([x.primal for x in looped]),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(batched.tangent, torch.stack([x.tangent for x in looped]),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    for t, tangents in zip(TIMES, batched.tangent, strict=True):
+        expected = torch.stack([func.flow(time, t[0]) @ direction for time in t])
+        close(tangents, expected, "dopri5")
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", MODES)
 def test_vmap_of_gradients_over_times(mode: str, method: str) -> None:
@@ -419,6 +440,26 @@ def test_refused_vmap_over_times() -> None:
         over_times()(torch.stack([T, T.flip(0)]))
     with pytest.raises(ODEInputError, match="every instance"):
         over_times()(torch.stack([T, T[[0, 2, 1]]]))
+
+
+def test_refused_dual_tensors_under_vmap_through_the_adjoint() -> None:
+    """forward_ad's dual tensors under vmap (over y0 or t) through the adjoint are refused by
+    name, with the way that works: torch.func.jvp inside the vmap, which equals backprop's."""
+    func, direction = TimeDependent(), torch.tensor([0.3, -1.0], dtype=torch.float64)
+    with forward_ad.dual_level():
+        duals = forward_ad.make_dual(BATCH, direction.expand_as(BATCH))
+        with pytest.raises(TransformError, match=r"jvp or torch\.func\.jacfwd inside the vmap"):
+            torch.func.vmap(lambda y: solve(func, y, "adjoint", "dopri5"))(duals)
+        y0 = forward_ad.make_dual(Y0, direction)
+        with pytest.raises(TransformError, match=r"jvp or torch\.func\.jacfwd inside the vmap"):
+            torch.func.vmap(lambda t: solve(func, y0, "adjoint", "dopri5", t))(TIMES)
+
+    def tangents(mode: str) -> torch.Tensor:
+        end = lambda y, t: solve(func, y, mode, "dopri5", t)  # noqa: E731
+        jvp = lambda t: torch.func.jvp(lambda y: end(y, t), (Y0,), (direction,))[1]  # noqa: E731
+        return torch.func.vmap(jvp)(TIMES)
+
+    torch.testing.assert_close(tangents("adjoint"), tangents("backprop"), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)

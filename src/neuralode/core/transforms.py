@@ -87,19 +87,27 @@ def is_batched(x: torch.Tensor) -> bool:
 def carries_tangent(x: torch.Tensor) -> bool:
     """``x`` carries a forward-mode tangent: a dual tensor of torch.autograd.forward_ad, or of an
     enclosing torch.func.jvp (its wrapper at a jvp level is a dual tensor; jvp wraps its other
-    arguments too, with none; grad's and vmap's wrappers carry none)."""
-    if forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None:
-        return True
+    arguments too, with none; grad's and vmap's wrappers carry none). forward_ad's tangent is
+    asked of the plain tensor under the wrappers (:func:`has_dual_tangent`: a batched tensor
+    refuses the question)."""
     stack = _functorch.get_interpreter_stack()
-    if not stack:  # (no transform: the plain tensor carries no tangent but forward_ad's)
+    if stack:
+        levels = {level.level() for level in stack if level.key() == _JVP}
+        while _functorch.maybe_get_level(x) != -1:
+            level = _functorch.maybe_get_level(x)
+            at_jvp = level in levels and not _functorch.is_batchedtensor(x)
+            if at_jvp and forward_ad.unpack_dual(x).tangent is not None:
+                return True
+            x = _functorch.get_unwrapped(x)
+    return has_dual_tangent(x)
+
+
+def has_dual_tangent(x: torch.Tensor) -> bool:
+    """The plain tensor under ``x``'s wrappers is a dual tensor of an open
+    torch.autograd.forward_ad level."""
+    if forward_ad._current_level < 0:
         return False
-    levels = {level.level() for level in stack if level.key() == _JVP}
-    while _functorch.maybe_get_level(x) != -1:
-        at_jvp = _functorch.maybe_get_level(x) in levels and not _functorch.is_batchedtensor(x)
-        if at_jvp and forward_ad.unpack_dual(x).tangent is not None:
-            return True
-        x = _functorch.get_unwrapped(x)
-    return False
+    return forward_ad.unpack_dual(unwrap(x)).tangent is not None
 
 
 def differentiated_further(*tensors: torch.Tensor) -> bool:

@@ -36,7 +36,9 @@ from ..core.transforms import (
     alive,
     carries_tangent,
     differentiated_further,
+    has_dual_tangent,
     under_transform,
+    under_vmap,
     unwrap,
 )
 from ..errors import ODEInputError, TransformError
@@ -73,6 +75,13 @@ class Adjoint:
                 "adjoint_method='dopri5', or use gradient='backprop'"
             )
         params = self._params(problem)
+        if under_vmap() and any(has_dual_tangent(x) for x in (y0, *params)):
+            raise TransformError(
+                "forward mode through the adjoint under torch.func.vmap takes torch.func.jvp or "
+                "torch.func.jacfwd inside the vmap, not torch.autograd.forward_ad's dual tensors "
+                "(torch's generated vmap rule of the adjoint's autograd.Function fails on them); "
+                "or use gradient='backprop'"
+            )
         names = parameter_names(problem.field.func, params)
         grid = getattr(problem.controller, "grid", None)
         grid = grid if torch.is_tensor(grid) else None
