@@ -34,6 +34,7 @@ def test_train_eval_sample_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     train(runs / "moons-planar", "--data", "moons", model="planar")
     train(runs / "ring-cnf", "--target", "ring", "--tol", "1e-3")
     train(runs / "ring-planar", "--target", "ring", model="planar")
+    train(runs / "moons-planar-seed1", "--data", "moons", "--seed", "1", model="planar")
     capsys.readouterr()
 
     model_file = str(runs / "moons-cnf" / "model.pt")
@@ -54,11 +55,18 @@ def test_train_eval_sample_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     args = ["cnf", "report", "--runs", str(runs), "--out", str(out), "--samples", "200"]
     assert main([*args, "--threads", "1"]) == 0
     rows = {row["run"]: row for row in json.loads((out / "cnf.json").read_text())}
-    assert set(rows) == {"moons-cnf", "moons-planar", "ring-cnf", "ring-planar"}
+    assert set(rows) == {"moons-cnf", "moons-planar", "moons-planar-seed1", "ring-cnf",
+                         "ring-planar"}  # fmt: skip
     assert rows["ring-cnf"]["task"] == "matching" and np.isfinite(rows["ring-cnf"]["test_kl"])
     assert rows["moons-planar"]["parameters"] == 64 * 5
     report = (out / "cnf.md").read_text()
     assert "| moons |" in report and "| ring |" in report
+    # two seeds of the planar flow on moons: their mean and range in one cell
+    nll = [rows[run]["test_nll"] for run in ("moons-planar", "moons-planar-seed1")]
+    assert rows["moons-planar-seed1"]["seed"] == 1 and nll[0] != nll[1]
+    spread = f"{np.mean(nll):.3f} ({min(nll):.3f}–{max(nll):.3f}, 2 seeds)"
+    moons = next(line for line in report.splitlines() if line.startswith("| moons |"))
+    assert spread in moons.split(" | ")
     for figure in ("cnf_toy.png", "cnf_matching.png", "cnf_flow.png"):
         assert (out / figure).stat().st_size > 0
     assert (out / "cnf" / "moons-cnf.pt").exists()

@@ -8,12 +8,17 @@ the training time and NFE from ``log.jsonl``, and copies the model (a small file
 results/cnf/<run>.pt`` reproduces a row. Figures: target against learned densities and samples
 (results/cnf_toy.png, cnf_matching.png), and samples and density flowing from the base Gaussian
 to the data over t (cnf_flow.png).
+
+Runs of one data set and model with other seeds are folders ``<run>-seed<S>`` (``<run>`` or
+``<run>-seed0`` the first): the tables give the mean and range (min–max) of their scores, the
+figures show the first seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -78,7 +83,8 @@ def score_run(
     data = config.get("target") or config["data"]
     return {
         "run": folder.name,
-        "label": folder.name.removeprefix(f"{data}-"),
+        "label": re.sub(r"-seed\d+$", "", folder.name).removeprefix(f"{data}-"),
+        "seed": config.get("seed", 0),
         "task": "matching" if config.get("target") else "likelihood",
         "data": data,
         "model": config["model"],
@@ -113,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
     (args.out / "cnf.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "cnf.md").write_text(format_report(rows, args.samples))
-    runs = {folder.name: folder / "model.pt" for folder in folders}
+    runs = {}  # (the first seed of each data set and model, by the name of its first run)
+    for row, folder in sorted(zip(rows, folders, strict=True), key=lambda pair: -pair[0]["seed"]):
+        runs[f"{row['data']}-{row['label']}"] = folder / "model.pt"
     write_figures(runs, args.out, device)
     print(f"wrote {args.out / 'cnf.md'}")
     return 0
@@ -205,8 +213,10 @@ def _setup(rows: list[dict[str, Any]]) -> str:
 
 
 def _comparison(rows: list[dict[str, Any]], score: str) -> str:
-    """One line per dataset: the true density's score (where known), each model's score, which
-    is best, the main CNF's NFE and each model's training minutes."""
+    """One line per dataset: the true density's score (where known), each model's score (the
+    mean and range over its seeds, and their number, where it has several), which is best (by
+    the mean), the main CNF's NFE and each model's training minutes (of the first seed)."""
+    rows = sorted(rows, key=lambda r: r["seed"])
     models = list(dict.fromkeys(r["label"] for r in rows))
     names = {r["label"]: _name(r) for r in rows}
     parameters = {r["label"]: r["parameters"] for r in rows}
@@ -216,21 +226,32 @@ def _comparison(rows: list[dict[str, Any]], score: str) -> str:
     header += ["best", "CNF test NFE", "train min (" + " / ".join(names[m] for m in models) + ")"]
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
-        by_model = {r["label"]: r for r in rows if r["data"] == data}
-        best = min(by_model.values(), key=lambda r: r[score])
-        cnf = by_model.get("cnf")
-        minutes = (f"{by_model[m]['train_minutes']:.1f}" if m in by_model else "—" for m in models)
+        seeds: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["data"] == data:
+                seeds.setdefault(r["label"], []).append(r)
+        means = {m: float(np.mean([r[score] for r in runs])) for m, runs in seeds.items()}
+        first = {m: runs[0] for m, runs in seeds.items()}
+        cnf = first.get("cnf")
+        minutes = (f"{first[m]['train_minutes']:.1f}" if m in first else "—" for m in models)
         lines.append(
             [
                 data,
-                *([_reference(by_model)] if references else []),
-                *(f"{by_model[m][score]:.3f}" if m in by_model else "—" for m in models),
-                names[best["label"]],
+                *([_reference(first)] if references else []),
+                *(_spread([r[score] for r in seeds[m]]) if m in seeds else "—" for m in models),
+                names[min(means, key=means.__getitem__)],
                 f"{cnf['test_nfe']:.0f}" if cnf else "—",
                 " / ".join(minutes),
             ]
         )
     return _table(header, lines)
+
+
+def _spread(values: list[float]) -> str:
+    """One score, or the mean, range and number of several seeds' scores."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ({min(values):.3f}–{max(values):.3f}, {len(values)} seeds)"
 
 
 def _name(row: dict[str, Any]) -> str:
@@ -253,7 +274,10 @@ def _regularization(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in (r for r in rows if r["regularized"]):
         plain = [
-            p for p in rows if not p["regularized"] and p["run"] == f"{r['data']}-{r['model']}"
+            p
+            for p in rows
+            if not p["regularized"]
+            and (p["data"], p["label"], p["seed"]) == (r["data"], r["model"], r["seed"])
         ]
         for run in (*plain, r):
             lines.append(
