@@ -26,8 +26,10 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 
@@ -47,6 +49,7 @@ from compare_checkouts import commit_of
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = "neuralode_old"
+T = TypeVar("T")
 
 
 def load_old(checkout: Path, into: Path) -> ModuleType:
@@ -148,10 +151,7 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     table = []
-    for (case, variant, library), new in found.items():
-        if library != "neuralode":
-            continue
-        before = found[(case, variant, OLD)]
+    for case, variant, new, before in old_and_new(found):
         ratio = new.time_ms / before.time_ms
         table.append({"case": case, "variant": variant, "old_ms": before.time_ms,
                       "new_ms": new.time_ms, "new_over_old": ratio, "nfe_old": before.nfe_batch,
@@ -161,6 +161,14 @@ def main() -> None:
                      f"{new.rounds} |")  # fmt: skip
     record = {"old": old_commit, "new": new_commit, "budget": args.budget, "rows": table}
     write_report(args.out / (args.name or f"speed_in_process_vs_{old_commit}"), lines, record)
+
+
+def old_and_new(found: dict[tuple[str, str, str], T]) -> Iterator[tuple[str, str, T, T]]:
+    """(case, variant, new, old) of each of this checkout's measurements in ``found`` (keyed by
+    case, variant and library) with the older checkout's of the same case and variant."""
+    for (case, variant, library), new in found.items():
+        if library == "neuralode":
+            yield case, variant, new, found[(case, variant, OLD)]
 
 
 def write_report(path: Path, lines: list[str], record: dict) -> None:

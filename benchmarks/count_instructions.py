@@ -34,7 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_checkouts import commit_of
-from compare_in_process import OLD, ROOT, cases, comparison_parser, load_old, write_report
+from compare_in_process import (
+    ROOT,
+    cases,
+    comparison_parser,
+    load_old,
+    old_and_new,
+    write_report,
+)
 
 INNER = "NEURALODE_COUNT_INSTRUCTIONS_INNER"
 """Set in the process that valgrind runs: the folder for the list of what each dump counted."""
@@ -117,10 +124,7 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: |",
     ]
     rows = []
-    for (case, variant, library), new in counts.items():
-        if library != "neuralode":
-            continue
-        before = counts[(case, variant, OLD)]
+    for case, variant, new, before in old_and_new(counts):
         rows.append({"case": case, "variant": variant, "old": before, "new": new,
                      "new_over_old": new / before})  # fmt: skip
         lines.append(f"| {case} | {variant} | {before / 1e6:.3f} | {new / 1e6:.3f} | "

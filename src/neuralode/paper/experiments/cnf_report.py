@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
     (args.out / "cnf.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "cnf.md").write_text(format_report(rows, args.samples))
-    runs = {}  # (the first seed of each data set and model, by the name of its first run)
-    for row, folder in sorted(zip(rows, folders, strict=True), key=lambda pair: -pair[0]["seed"]):
-        runs[f"{row['data']}-{row['label']}"] = folder / "model.pt"
+    runs: dict[str, Path] = {}  # (each data set and model's first seed, by its first run's name)
+    for row, folder in sorted(zip(rows, folders, strict=True), key=lambda pair: pair[0]["seed"]):
+        runs.setdefault(f"{row['data']}-{row['label']}", folder / "model.pt")
     write_figures(runs, args.out, device)
     print(f"wrote {args.out / 'cnf.md'}")
     return 0
