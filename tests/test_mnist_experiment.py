@@ -74,28 +74,10 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert evaluated["parameters"] == 208_266 and evaluated["test_nfe"] > 0
 
     out = tmp_path / "results"
-    assert (
-        main(
-            [
-                "mnist",
-                "report",
-                "--runs",
-                str(runs),
-                "--out",
-                str(out),
-                "--tolerances",
-                "1e-2",
-                "1e-3",
-                "--test-limit",
-                "100",
-                "--data-dir",
-                str(DATA),
-                "--threads",
-                "1",
-            ]
-        )
-        == 0
-    )
+    report_args = ["mnist", "report", "--runs", str(runs), "--out", str(out), "--tolerances",
+                   "1e-2", "1e-3", "--test-limit", "100", "--data-dir", str(DATA), "--threads",
+                   "1"]  # fmt: skip
+    assert main(report_args) == 0
     report = json.loads((out / "mnist.json").read_text())
     by_model = {row["model"]: row for row in report["models"]}
     assert set(by_model) == {"odenet", "mlp"}
@@ -111,3 +93,13 @@ def test_train_eval_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert f"| mlp | {mean:.2f}% | {low:.2f}–{high:.2f}% | 2 |" in table
     assert f"| mlp-seed1 | 1 | {mlp_errors[1]:.2f}% |" in table
     assert all((runs / f"{name}.pt").exists() for name in ("odenet", "mlp", "mlp-seed1"))
+
+    # A fresh clone has the report's copies, not the run folders' model.pt (git-ignored): the
+    # report finds the same runs and writes the same test errors from the copies.
+    for name in ("odenet", "mlp", "mlp-seed1"):
+        (runs / name / "model.pt").unlink()
+    again = tmp_path / "again"
+    assert main([*report_args[:5], str(again), *report_args[6:]]) == 0
+    rerun = {row["model"]: row for row in json.loads((again / "mnist.json").read_text())["models"]}
+    assert rerun["odenet"]["test_error"] == evaluated["test_error"]
+    assert [s["test_error"] for s in rerun["mlp"]["seeds"]] == mlp_errors

@@ -131,13 +131,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         seeds = []
         for folder in folders:
-            seed_model, seed_config = load_model(folder / "model.pt", device)
+            seed_model, seed_config = load_model(model_file(folder), device)
             seed_metrics = test_error(seed_model, images, labels, device)
             seeds.append({"seed": seed_config.get("seed", 0), "folder": folder.name,
                           "test_error": seed_metrics["test_error"]})  # fmt: skip
-            shutil.copyfile(folder / "model.pt", args.runs / f"{folder.name}.pt")
+            if (folder / "model.pt").exists():
+                shutil.copyfile(folder / "model.pt", saved_model(folder))
             print(f"{folder.name}: test error {seed_metrics['test_error']:.2f}%", flush=True)
-        path = folders[0] / "model.pt"
+        path = model_file(folders[0])
         model, config = load_model(path, device)
         epochs, steps = read_log(folders[0] / "log.jsonl")
         last = epochs[-1]
@@ -195,8 +196,21 @@ def run(args: argparse.Namespace) -> int:
 def runs_of(runs: Path, name: str) -> list[Path]:
     """A model's finished run folders: ``RUNS/<model>`` (its first run, seed 0) and
     ``RUNS/<model>-seed<S>``, in that order."""
-    folders = [runs / name, *sorted(runs.glob(f"{name}-seed*"), key=lambda p: p.name)]
-    return [folder for folder in folders if (folder / "model.pt").exists()]
+    seeds = sorted(p for p in runs.glob(f"{name}-seed*") if p.is_dir())
+    folders = [runs / name, *seeds]
+    return [folder for folder in folders if model_file(folder).exists()]
+
+
+def saved_model(folder: Path) -> Path:
+    """Where the report keeps a run's final model: ``RUNS/<run>.pt`` beside its folder."""
+    return folder.parent / f"{folder.name}.pt"
+
+
+def model_file(folder: Path) -> Path:
+    """A run's final model: its ``model.pt``, or the report's copy of it (a fresh clone has
+    only the copy: the run folders keep their checkpoint and log)."""
+    own = folder / "model.pt"
+    return own if own.exists() else saved_model(folder)
 
 
 def format_table(rows: list[dict], sweep: list[dict], test_images: int) -> str:
