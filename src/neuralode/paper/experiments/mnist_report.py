@@ -1,11 +1,12 @@
 """The Table 1 report: ``neuralode mnist report`` turns trained runs into results/mnist.md.
 
 For every model with a finished run (``RUNS/<model>/model.pt``, and more seeds in
-``RUNS/<model>-seed<S>/``) it measures the test error of each run on the full test set (mean and
-range over the seeds), the peak memory of one training step on a batch of 128 (in a fresh
-process), and reads the time per step and the NFE from the run's ``log.jsonl``. For the ODE-Net
-it also redoes the paper's adaptive-computation figures: NFE and test error against the solver
-tolerance, NFE over the training epochs, and backward against forward NFE.
+``RUNS/<model>-seed<S>/``; the report keeps a copy of each final model as ``RUNS/<run>.pt``, which
+it reads where ``model.pt`` is missing) it measures the test error of each run on the full test
+set (mean and range over the seeds), the peak memory of one training step on a batch of 128
+(in a fresh process), and reads the time per step and the NFE from the run's ``log.jsonl``. For
+the ODE-Net it also redoes the paper's adaptive-computation figures: NFE and test error against
+the solver tolerance, NFE over the training epochs, and backward against forward NFE.
 """
 
 from __future__ import annotations
