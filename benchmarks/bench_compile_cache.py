@@ -5,7 +5,10 @@ Each case runs in fresh processes, in this order: with an empty cache folder (co
 compiled and kept), again with that folder (warm: loaded), and with ``NEURALODE_COMPILE_CACHE=off``
 (compiled by torch.compile in the process, the default). Times are wall seconds of the first
 ``odeint(..., options={"compile": True})`` call in the process (after ``import neuralode`` and
-building the field), its median over ``--rounds`` rounds, and the import time.
+building the field), its median over ``--rounds`` rounds, and the import time. The first call is
+split into its phases: tracing (from the call until dynamo hands the graph to neuralode's
+backend), the backend (compiling, or for a warm cache the package's key and its loading, which
+imports inductor), and the rest (the first run of the compiled code and dynamo's guards).
 
     python benchmarks/bench_compile_cache.py [--rounds 3] [--threads 1]
 """
@@ -28,7 +31,21 @@ import json, sys, time
 started = time.perf_counter()
 import torch
 import neuralode
+import neuralode.core.compile_cache as cache
+import neuralode.core.compiled as compiled
 imported = time.perf_counter() - started
+spans = {{}}
+def timed(module, name):
+    inner = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spans.setdefault(name, (start, time.perf_counter()))
+    setattr(module, name, wrapper)
+for module, name in ((compiled, "_backend"), (cache, "graph_key"), (cache, "_load")):
+    timed(module, name)
 torch.set_num_threads({threads})
 torch.manual_seed(0)
 batch = {batch}
@@ -40,7 +57,14 @@ def solve():
         return neuralode.odeint(lambda t, y: net(y), y0, t, rtol=1e-6, atol=1e-6, options=options)
 start = time.perf_counter()
 solve()
-first = time.perf_counter() - start
+end = time.perf_counter()
+first = end - start
+backend_start, backend_end = spans["_backend"]
+phases = {{"trace_s": backend_start - start, "backend_s": backend_end - backend_start,
+          "after_s": end - backend_end}}
+for name in ("graph_key", "_load"):
+    begun, ended = spans.get(name, (0.0, 0.0))
+    phases[name.strip("_") + "_s"] = ended - begun
 blocks = []
 for _ in range(7):
     start = time.perf_counter()
@@ -48,7 +72,7 @@ for _ in range(7):
         solve()
     blocks.append((time.perf_counter() - start) / 40)
 later = sorted(blocks)[3]
-print(json.dumps({{"import_s": imported, "first_s": first, "later_ms": 1e3 * later}}))
+print(json.dumps({{"import_s": imported, "first_s": first, "later_ms": 1e3 * later, **phases}}))
 """
 
 CASES = {
@@ -57,6 +81,7 @@ CASES = {
     "MLP 2-64-2, batch 256, per-sample steps": {"batch": 256, "per_sample": True},
 }
 MODES = ("cold", "warm", "off")
+PHASES = ("trace_s", "backend_s", "graph_key_s", "load_s", "after_s")
 
 
 def first_call(case: dict, cache: str, threads: int) -> dict:
@@ -79,7 +104,7 @@ def measure(rounds: int, threads: int) -> list[dict]:
             runs["off"].append(first_call(case, "off", threads))
         row = {"case": name}
         for mode, results in runs.items():
-            for key in ("import_s", "first_s", "later_ms"):
+            for key in ("import_s", "first_s", "later_ms", *PHASES):
                 row[f"{mode}_{key}"] = statistics.median(r[key] for r in results)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -110,6 +135,23 @@ def table(rows: list[dict], rounds: int, threads: int) -> str:
             f"{r['off_first_s']:.2f} | {r['warm_later_ms']:.3f} | {r['off_later_ms']:.3f} | "
             f"{r['warm_import_s']:.2f} |"
         )
+    lines += [
+        "",
+        "The first call in phases (s): tracing (from the call until dynamo hands the graph to "
+        "the backend), the backend (compiling; warm: the package's key, then loading it, which "
+        "imports inductor), the rest (the first run of the compiled code, dynamo's guards).",
+        "",
+        "| case | process | first call | tracing | backend | of which key | of which loading | "
+        "rest |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        for mode in MODES:
+            lines.append(
+                f"| {r['case']} | {mode} | {r[f'{mode}_first_s']:.2f} | "
+                + " | ".join(f"{r[f'{mode}_{phase}']:.2f}" for phase in PHASES)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -14,9 +14,9 @@ It is off unless asked for: ``NEURALODE_COMPILE_CACHE=on`` keeps the packages in
 ``$XDG_CACHE_HOME/neuralode/compiled`` or ``~/.cache/neuralode/compiled``, and
 ``NEURALODE_COMPILE_CACHE=<folder>`` in that folder. The trade-off, measured on this project's
 CPU (results/compile_cache.md): a new process's first solve takes seconds instead of tens of
-seconds, but AOTInductor's code for the loop runs slower than the code inductor compiles in the
-process (1.17 against 0.70 ms per batch-1 MLP solve), so long-running processes should leave it
-off.
+seconds, but AOTInductor's code for the loop can run slower than the code inductor compiles in
+the process (3.67 against 2.63 ms per per-sample MLP solve at batch 256), so long-running
+processes should leave it off.
 """
 
 from __future__ import annotations
