@@ -45,6 +45,23 @@ def test_kl_term_is_the_gaussian_closed_form() -> None:
     torch.testing.assert_close(gaussian_kl(mean, logvar), expected)
 
 
+def test_kl_weight_scales_the_kl_term_of_the_loss() -> None:
+    """loss = (β·KL − log-likelihood) summed over trajectories, per observed point."""
+    spirals = make_spirals(6, 20, seed=1)
+    values, mask = spirals.observed[:, :WINDOW].double(), spirals.mask[:, :WINDOW]
+    times = spirals.times[:WINDOW].double()
+    losses = []
+    for beta in (1.0, 3.0):
+        torch.manual_seed(0)  # the same weights and the same sample of z0
+        model = LatentODE(kl_weight=beta, solver=SolverConfig(rtol=1e-6, atol=1e-6)).double()
+        torch.manual_seed(1)
+        elbo = model.elbo(values, mask, times)
+        expected = (beta * elbo.kl - elbo.log_likelihood) * len(values) / mask.sum()
+        torch.testing.assert_close(elbo.loss, expected)
+        losses.append(elbo.loss)
+    assert losses[1] > losses[0]
+
+
 def test_masked_points_do_not_matter() -> None:
     """Changing unobserved values changes neither the encoding nor the ELBO's likelihood."""
     torch.manual_seed(0)
@@ -104,6 +121,7 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         args = ["latent", "train", "--model", model, "--epochs", "2", "--train-size", "40"]
         args += ["--test-size", "10", "--tol", "1e-3", "--out", str(tmp_path / name)]
         args += ["--seed", seed, "--prefix-prob", "0.5", "--weight-decay", decay]
+        args += ["--kl-weight", "2"]
         assert main([*args, "--threads", "1"]) == 0
         checkpoint = str(tmp_path / name / "model.pt")
         assert main(["latent", "eval", "--checkpoint", checkpoint, "--test-size", "10"]) == 0
@@ -118,7 +136,7 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rows = json.loads((out / "latent_ode.json").read_text())
     assert {row["model"] for row in rows} == {"latent_ode", "rnn"}
     table = (out / "latent_ode.md").read_text()
-    assert "| Latent ODE (field 20, lr 0.01, 2 epochs, prefix 0.5) | 30 |" in table
+    assert "| Latent ODE (field 20, lr 0.01, 2 epochs, KL weight 2, prefix 0.5) | 30 |" in table
     assert "| RNN with time gaps (lr 0.01, weight decay 50, 2 epochs, seed 1) | 30 |" in table
     # Decoupled decay 50 scales every weight by 1 - 50·lr at each of the 2 steps (1 batch per
     # epoch; cosine lr 0.01 then 0.005): by 0.5 · 0.75 = 0.375, besides Adam's steps of about

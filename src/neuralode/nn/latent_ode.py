@@ -80,7 +80,8 @@ class ELBO(NamedTuple):
     """Terms of the evidence lower bound, each averaged over the batch's trajectories.
 
     Attributes:
-        loss: −ELBO per observed point (the quantity minimised).
+        loss: (β·KL − log-likelihood) per observed point, the quantity minimised (−ELBO per
+            point when β = ``kl_weight`` = 1).
         log_likelihood: Σ over observed points of log N(x_i; decoded z(t_i), σ²) per trajectory.
         kl: KL(q(z0 | x) ‖ N(0, I)) per trajectory, in closed form.
     """
@@ -105,6 +106,8 @@ class LatentODE(nn.Module):
         data_dim: D, the dimension of an observation.
         latent_dim: dimension of z.
         obs_std: σ of the Gaussian likelihood.
+        kl_weight: β, the weight of the KL term in the training loss (1: the ELBO; above 1 a
+            β-VAE, whose posterior stays closer to the prior).
         ode_rnn: use the ODE-RNN encoder.
         solver: the latent solve (default dopri5 at rtol = atol = 1e-5, backprop).
     """
@@ -118,6 +121,7 @@ class LatentODE(nn.Module):
         field_hidden: tuple[int, ...] = (20,),
         decoder_hidden: int = 20,
         obs_std: float = 0.1,
+        kl_weight: float = 1.0,
         ode_rnn: bool = False,
         solver: SolverConfig | None = None,
     ) -> None:
@@ -127,6 +131,7 @@ class LatentODE(nn.Module):
         self.dynamics = _LatentDynamics(field, solver or SolverConfig(rtol=1e-5, atol=1e-5))
         self.decoder = mlp((latent_dim, decoder_hidden, data_dim), nn.ReLU)
         self.obs_std = obs_std
+        self.kl_weight = kl_weight
 
     def latent_path(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """z at every time of ``times`` (from times[0]): (batch, len(times), latent)."""
@@ -164,7 +169,7 @@ class LatentODE(nn.Module):
         log_norm = dims * (math.log(self.obs_std) + 0.5 * math.log(2 * math.pi))
         log_likelihood = ((-0.5 * squared - log_norm) * mask).sum(-1)
         kl = gaussian_kl(mean, logvar)
-        loss = (kl - log_likelihood).sum() / mask.sum()
+        loss = (self.kl_weight * kl - log_likelihood).sum() / mask.sum()
         return ELBO(loss, log_likelihood.mean(), kl.mean())
 
 

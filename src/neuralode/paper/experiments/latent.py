@@ -77,6 +77,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tol", type=positive_float, default=1e-5, help="latent solve rtol = atol")
     parser.add_argument(
+        "--kl-weight",
+        type=positive_float,
+        default=1.0,
+        help="latent ODE: β, the weight of the KL term in the loss (1: the ELBO)",
+    )
+    parser.add_argument(
         "--prefix-prob",
         type=arguments.probability,
         default=0.0,
@@ -109,6 +115,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         latent_dim=config["latent_dim"],
         field_hidden=tuple(int(width) for width in str(config["field_hidden"]).split(",")),
         obs_std=config["noise"],
+        kl_weight=config.get("kl_weight", 1.0),
         ode_rnn=config["model"] == "ode_rnn",
         solver=solver,
     )

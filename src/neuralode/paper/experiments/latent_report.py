@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 "seed": config["seed"],
                 "field_hidden": config.get("field_hidden") if config["model"] != "rnn" else None,
                 "prefix_prob": config.get("prefix_prob", 0.0) if config["model"] != "rnn" else 0.0,
+                "kl_weight": config.get("kl_weight", 1.0) if config["model"] != "rnn" else 1.0,
                 "latent_dim": config.get("latent_dim", 4) if config["model"] != "rnn" else None,
                 "parameters": count_parameters(model),
                 "epochs": len(epochs),
@@ -159,13 +160,14 @@ def _seed_summary(rows: list[dict[str, Any]], order: dict[str, int]) -> list[str
 
 def _name(row: dict[str, Any], seed: bool = True) -> str:
     """The model, its latent size (where not the paper's 4), its latent field's widths, its
-    learning rate, its weight decay and epochs (where not 0 and 400), its training prefix share
-    and (with ``seed``) its seed."""
+    learning rate, its weight decay, epochs and KL weight (where not 0, 400 and 1), its training
+    prefix share and (with ``seed``) its seed."""
     latent = row.get("latent_dim")
     field = f"latent {latent}, " if latent not in (None, 4) else ""
     field += f"field {row['field_hidden']}, " if row["field_hidden"] else ""
     extras = f", weight decay {row['weight_decay']:g}" if row.get("weight_decay") else ""
     extras += f", {row['epochs']} epochs" if row.get("epochs", 400) != 400 else ""
+    extras += f", KL weight {row['kl_weight']:g}" if row.get("kl_weight", 1.0) != 1.0 else ""
     extras += f", prefix {row['prefix_prob']:g}" if row.get("prefix_prob") else ""
     seeded = f", seed {row['seed']}" if seed and row["seed"] else ""
     return f"{MODEL_NAMES[row['model']]} ({field}lr {row['lr']:g}{extras}{seeded})"
