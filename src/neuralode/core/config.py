@@ -11,7 +11,7 @@ import functools
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,32 +262,31 @@ _SETTINGS_BOUND = 256
 _PLAIN_OPTION = (bool, int, float, str, torch.dtype, type(None))
 
 
-def solver_settings(
-    method: str | Tableau | None,
-    rtol: float | torch.Tensor,
-    atol: float | torch.Tensor,
-    options: Mapping[str, Any],
-    layout: StateLayout,
-) -> Settings:
-    """The validated :class:`Settings`, remembered for inputs that are plain values (numbers,
+def _remembered(make: Callable[..., Settings]) -> Callable[..., Settings]:
+    """``make``, remembering its :class:`Settings` for inputs that are plain values (numbers,
     strings, dtypes: not tensors or callables), so that repeated solves of one kind of problem,
     as in training, parse them once."""
-    key = _settings_key(method, rtol, atol, options, layout)
-    settings = _SETTINGS.get(key) if key is not None else None
-    if settings is None:
-        settings = _make_settings(method, rtol, atol, options, layout)
-        if key is not None:
-            if len(_SETTINGS) >= _SETTINGS_BOUND:
-                _SETTINGS.clear()
-            _SETTINGS[key] = settings
-    return settings
+
+    @functools.wraps(make)
+    def remembered(*inputs: Any) -> Settings:
+        key = _settings_key(inputs)
+        settings = _SETTINGS.get(key) if key is not None else None
+        if settings is None:
+            settings = make(*inputs)
+            if key is not None:
+                if len(_SETTINGS) >= _SETTINGS_BOUND:
+                    _SETTINGS.clear()
+                _SETTINGS[key] = settings
+        return settings
+
+    return remembered
 
 
-def _settings_key(
-    method: Any, rtol: Any, atol: Any, options: Mapping[str, Any], layout: StateLayout
-) -> Any:
-    """A hashable key of the inputs when they are all plain values (and no transform, trace or
-    inference mode would make the remembered tensors unfit elsewhere), else None."""
+def _settings_key(inputs: tuple[Any, ...]) -> Any:
+    """A hashable key of the inputs (method, rtol, atol, options, layout) when they are all
+    plain values (and no transform, trace or inference mode would make the remembered tensors
+    unfit elsewhere), else None."""
+    method, rtol, atol, options, layout = inputs
     if not (_is_number(rtol) and _is_number(atol)):
         return None
     if not all(isinstance(value, _PLAIN_OPTION) for value in options.values()):
@@ -304,13 +303,16 @@ def _settings_key(
         return None
 
 
-def _make_settings(
+@_remembered
+def solver_settings(
     method: str | Tableau | None,
     rtol: float | torch.Tensor,
     atol: float | torch.Tensor,
     options: Mapping[str, Any],
     layout: StateLayout,
 ) -> Settings:
+    """The validated :class:`Settings` of odeint's arguments (remembered: see
+    :func:`_remembered`)."""
     scipy = isinstance(method, str) and method == SCIPY_METHOD
     # (a scipy solve has no tableau of ours: the default one stands in, unused by solve_ivp)
     tableau = resolve_method(None if scipy else method)
