@@ -247,3 +247,24 @@ def test_step_callbacks_as_torchdiffeq_calls_them() -> None:
     fixed = Watched()
     odeint(fixed, y0.detach(), t, method="rk4", options={"step_size": 0.5})
     assert len(fixed.calls["step"]) == 10 and set(fixed.calls) == {"step"}
+
+
+@pytest.mark.parametrize("name", ["dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8"])
+def test_one_row_error_estimate_is_the_tableaus(name: str) -> None:
+    """On one row, ExplicitRK's error estimate reuses the stages its last combination stacked
+    (FSAL: all but f(t1, y1)); it equals the definition Σ b_err[s] k[s] of the base class."""
+    from neuralode.core.arith import SCALAR
+    from neuralode.core.methods import METHODS
+    from neuralode.core.steppers import ExplicitRK, Stepper
+
+    weights = torch.randn(3, 3, dtype=torch.float64)
+
+    def field(t: float, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(y @ weights) * math.cos(t)
+
+    stepper = ExplicitRK(METHODS[name])
+    y = torch.randn(1, 3, dtype=torch.float64)
+    ks, _ = stepper.step(field, SCALAR, 0.3, y, field(0.3, y), 1.5)
+    shortcut, definition = stepper.error(SCALAR, ks), Stepper.error(stepper, SCALAR, ks)
+    assert definition.abs().max() > 1e-6  # (a real estimate, not zeros)
+    torch.testing.assert_close(shortcut, definition, rtol=1e-12, atol=1e-15)

@@ -167,7 +167,7 @@ def _find_event(
     crossing = _Crossing(event_fn, problem.layout, like, start, problem.y0)
     loop = Loop(problem.stepper(), problem.controller, [start, horizon], problem.field, SCALAR,
                 problem.max_num_steps)  # fmt: skip
-    y0_row, f0 = problem.y0.view(1, -1), problem.first_derivative(problem.y0).view(1, -1)
+    y0_row, f0 = problem.y0.view(1, -1), problem.first_derivative(problem.y0)
     carry = loop.finished(loop.run(loop.start(y0_row, f0, problem.first_step), watch=crossing))
     if carry.status == MAX_STEPS:
         error = loop.failure(carry, problem.stats.nfe)

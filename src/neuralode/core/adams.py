@@ -18,7 +18,7 @@ import torch
 from .adams_method import MIN_ORDER, AdamsMethod
 from .arith import Arith
 from .controllers import Tolerance
-from .steppers import ExplicitRK, Field
+from .steppers import ExplicitRK, Field, Stepper
 from .transforms import truth
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(8)  # exact to degree 15 ≥ 12 − 1
@@ -39,7 +39,7 @@ def integrated_lagrange(nodes: tuple[float, ...]) -> np.ndarray:
     return _QUADRATURE @ (numerators / denominators)
 
 
-class Adams:
+class Adams(Stepper):
     """Adams–Bashforth(–Moulton) steps on one row with a history of past derivatives.
 
     The history moves on only in :meth:`accepted`; :meth:`snapshot` / :meth:`restore` let a

@@ -58,7 +58,7 @@ def integrate(problem: Problem, y0: torch.Tensor, every: int | None = None) -> t
         return y0[None]
     loop = Loop(problem.stepper(), problem.controller, problem.times, problem.field, arith,
                 problem.max_num_steps, problem.callbacks)  # fmt: skip
-    carry = loop.start(y0.view(1, -1), f0.view(1, -1), problem.first_step)
+    carry = loop.start(y0.view(1, -1), f0, problem.first_step)
     carry = _drive(problem, loop, carry, every, None)
     return _finish(problem, loop, carry)
 
@@ -108,7 +108,7 @@ def _integrate_rows(problem: Problem, y0: torch.Tensor, every: int | None) -> to
         carry, summary = result
         problem.field.count(1)  # f(t0, y0), evaluated inside the compiled call
     else:
-        f0 = problem.first_derivative(y0).view(rows, -1)
+        f0 = problem.first_derivative(y0, rows)
         carry = _drive(problem, loop, loop.start(y_rows, f0, first_dt), every,
                        loop.tableau.evaluations)  # fmt: skip
         summary = loop.summary(carry)
@@ -203,4 +203,4 @@ def _outcome(problem: Problem, loop: Loop, carry: Carry, failed: bool) -> torch.
         raise problem.outcome.error
     if not failed and loop.arith.rows:
         return carry.outputs.reshape(len(problem.times), -1)
-    return loop.values(carry).reshape(len(problem.times), -1)
+    return loop.values(carry)

@@ -43,7 +43,7 @@ from torch.autograd import forward_ad
 from .arith import Arith
 from .implicit_methods import ImplicitMethod
 from .state import FlatField
-from .steppers import Field, jacobian_blocks
+from .steppers import Field, Stepper, jacobian_blocks
 from .transforms import is_wrapped
 
 DEFAULT_MAX_ITERS = 100
@@ -54,7 +54,7 @@ def newton_tolerance(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-6
 
 
-class ImplicitRK:
+class ImplicitRK(Stepper):
     """One step of an implicit Runge–Kutta method (one row, scalar clock).
 
     Args:

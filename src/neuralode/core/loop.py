@@ -39,8 +39,7 @@ from ..errors import (
 from .arith import Arith
 from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
-from .steppers import Field, Stepper, combine, dense_weights, hermite, interpolate
-from .tableau import Tableau
+from .steppers import Field, Stepper, dense_weights, hermite, interpolate
 from .transforms import is_wrapped, truth, unwrap
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED, NOT_CONVERGED = 0, 1, 2, 3, 4, 5
@@ -60,7 +59,7 @@ class Carry(NamedTuple):
         size: |y| as the error scale measures it (:meth:`Tolerance.size`), kept from step to
             step on one row with adaptive steps; else None (rows: masking it would cost what
             keeping it saves).
-        outputs: scalar clock: tuple of (m, 1, N) blocks of states at the output times passed;
+        outputs: scalar clock: tuple of (m, N) blocks of states at the output times passed;
             rows: (T, R, N) with the passed times filled in.
         next_output: scalar clock: index of the next output time (rows: None).
         accepted, rejected, status: counts and status of each row; iterations: attempts.
@@ -106,7 +105,7 @@ class AcceptedStep:
         """The dense output at ``times`` inside the step: (len(times), N)."""
         loop = self.loop
         f1 = self.f1 if loop.needs_end_derivative else None
-        return loop.dense(self.t, self.y, self.t1 - self.t, self.ks, self.y1, f1, times)[:, 0]
+        return loop.dense(self.t, self.y, self.t1 - self.t, self.ks, self.y1, f1, times)
 
 
 Watch = Callable[[AcceptedStep], bool]
@@ -200,7 +199,7 @@ class Loop:
             one = torch.ones_like(t)
             memory, last_dt = (one, one), torch.full_like(t, math.nan)
         else:
-            t, outputs = self.times[0], (y0[None],)
+            t, outputs = self.times[0], (y0,)
             counts = (0, 0, 0)
             memory, last_dt = (1.0, 1.0), math.nan
         if self.fixed:
@@ -260,11 +259,11 @@ class Loop:
     def goes_on(self, c: Carry) -> bool:
         """:meth:`running` asked on the host (under vmap: of all instances at once)."""
         holds = self.running(c)
-        return truth(holds) if self.arith.rows else bool(holds)
+        return truth(holds) if self.arith.rows else holds
 
     def attempt(self, c: Carry, watch: Watch | None = None) -> Carry:
         """One attempted step of every row that is running (rows that are not step by 0)."""
-        arith, direction, tableau = self.arith, self.direction, self.tableau
+        arith, direction = self.arith, self.direction
         remaining = direction * (self.t_end - c.t)
         active = (remaining > 0) & (c.status == RUNNING)
         target, bound = self.t_end, remaining
@@ -291,7 +290,7 @@ class Loop:
                 dt = arith.where(failed, magnitude, dt)
             else:
                 tolerance = self.controller.tolerance
-                error, size = _error(tableau, ks, arith), tolerance.size(y1)
+                error, size = self.stepper.error(arith, ks), tolerance.size(y1)
                 size0 = tolerance.size(c.y) if c.size is None else c.size
                 ratio = magnitude * tolerance.ratio(arith, error, tolerance.scale(size0, size))
                 if arith.rows:  # (no tangent either: forward mode treats steps as constants)
@@ -384,7 +383,7 @@ class Loop:
                 f1 = field(t1, y1)
             blocks.append(self.dense(c.t, c.y, step, ks, y1, f1, interior))
         if index > first and times[index - 1] == t1:
-            blocks.append(y1[None])
+            blocks.append(y1)
         return c.outputs + tuple(blocks), index, f1
 
     def dense(
@@ -397,12 +396,12 @@ class Loop:
         f1: torch.Tensor | None,
         times: list[float],
     ) -> torch.Tensor:
-        """Dense output of one row's step from (t, y) to y1 at ``times`` inside it: (m, 1, N),
+        """Dense output of one row's step from (t, y) to y1 at ``times`` inside it: (m, N),
         by the method's interpolant, or on a fixed grid as its ``interp`` says (f1 = f(t1, y1)
         is not needed for "linear")."""
         theta = torch.tensor([[(time - t) / step] for time in times], dtype=torch.float64,
                              device=y.device)  # fmt: skip
-        return self._interpolant(y, step, ks, y1, f1, theta)
+        return self._interpolant(y, step, ks, y1, f1, theta)[:, 0]
 
     def _interpolant(
         self,
@@ -487,10 +486,11 @@ class Loop:
         return c._replace(status=self.arith.where(short, MAX_STEPS, c.status))
 
     def values(self, c: Carry) -> torch.Tensor:
-        """The states at the output times, (T, R, N); NaN at the times a row did not reach."""
+        """The states at the output times, (T, R·N); NaN at the times a row did not reach."""
         if self.arith.rows:
             unreached = self.direction * (self.times_tensor[:, None] - c.t[None]) > 0
-            return torch.where(unreached[..., None], math.nan, c.outputs)
+            values = torch.where(unreached[..., None], math.nan, c.outputs)
+            return values.reshape(len(self.times), -1)
         reached = torch.cat(c.outputs)
         missing = len(self.times) - reached.shape[0]
         if not missing:
@@ -564,19 +564,24 @@ def failure_error(
     )
 
 
-def _error(tableau: Tableau, ks: list[torch.Tensor], arith: Arith) -> torch.Tensor:
-    """The error estimate per unit step, Σ_s b_err[s] ks[s], (R, N)."""
-    if arith.rows:
-        return combine(tableau.b_err, ks)
-    return torch.mm(tableau.tensors(ks[0].dtype, ks[0].device).b_err, torch.cat(ks))
+class _GradOff:
+    """no_grad for a block entered where autograd records (it restores recording on exit), with
+    no state of its own: one instance serves every thread, and costs two calls, not torch.no_grad's
+    construction, enter and exit (the loop enters it every step)."""
+
+    def __enter__(self) -> None:
+        torch.set_grad_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_grad_enabled(True)
 
 
-_NOTHING = contextlib.nullcontext()
+_GRAD_OFF, _NOTHING = _GradOff(), contextlib.nullcontext()
 
 
 def _untracked() -> contextlib.AbstractContextManager[Any]:
     """no_grad for the step-size control where autograd records, else nothing to enter."""
-    return torch.no_grad() if torch.is_grad_enabled() else _NOTHING
+    return _GRAD_OFF if torch.is_grad_enabled() else _NOTHING
 
 
 def _ten_ulp(largest: Any) -> Any:

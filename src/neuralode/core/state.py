@@ -57,15 +57,16 @@ class StateLayout:
         self.working_dtype = working_dtype(self.dtype)
         self.time_dtype = self.dtype.to_real() if self.is_complex else self.dtype
 
-    def flatten(self, state: State) -> torch.Tensor:
-        """State → tensor of shape (size,) in the working dtype."""
+    def flatten(self, state: State, rows: int | None = None) -> torch.Tensor:
+        """State → tensor of shape (size,) in the working dtype, or (rows, size / rows)."""
         parts = state if self.is_tuple else (state,)
         if self.is_complex:
             parts = tuple(torch.view_as_real(part.resolve_conj()) for part in parts)
+        shape = -1 if rows is None else (rows, -1)
         if self.is_tuple:
-            flat = torch.cat([part.reshape(-1) for part in parts])
+            flat = torch.cat([part.reshape(-1) for part in parts]).view(shape)
         else:
-            flat = parts[0].reshape(-1)
+            flat = parts[0].reshape(shape)
         return flat if flat.dtype == self.working_dtype else flat.to(self.working_dtype)
 
     def unflatten(self, flat: torch.Tensor, cast: bool = True) -> State:
@@ -154,7 +155,7 @@ class FlatField:
             time = torch.scalar_tensor(t, dtype=self.time_dtype, device=self.device)
         else:
             time = self.time(t)
-        if self.is_row and y.dim() == 2:
+        if self.is_row:
             return self.func(time, y)
         if self.plain:
             return self.func(time, y.view(self.shape)).reshape(1, -1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -31,39 +31,46 @@ Field = Callable[[Any, torch.Tensor], torch.Tensor]
 """field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
 
 
-class Stepper(Protocol):
-    """What the loop asks of a stepper.
+class Stepper:
+    """What the loop asks of a stepper; the defaults are those of a stepper without memory
+    across steps whose error estimate is its tableau's Σ b_err[s] k[s].
 
     Attributes:
         tableau: the method's structure: stages' nodes, error weights and order, FSAL, dense
             output.
+        failure: why the last step could not be taken (one row), else None.
     """
 
     tableau: Tableau
-    failure: str | None  # why the last step could not be taken (one row), else None
+    failure: str | None = None
 
     def step(
         self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The stages (each (R, N)) of one step of size ``step`` from (t, y) with f = f(t, y),
         and the solution y1 at its end."""
-        ...
+        raise NotImplementedError
+
+    def error(self, arith: Arith, ks: list[torch.Tensor]) -> torch.Tensor:
+        """The error estimate per unit step of the step just taken, whose stages are ``ks``:
+        Σ_s b_err[s] ks[s], (R, N)."""
+        if arith.rows:
+            return combine(self.tableau.b_err, ks)
+        return torch.mm(self.tableau.tensors(ks[0].dtype, ks[0].device).b_err, torch.cat(ks))
 
     def accepted(self, accept: Any) -> None:
         """Called after each accepted step of one row (``accept`` True; an attempt not followed
         by this call was rejected), and on rows after every attempt with the (R,) mask of the
         rows that accepted it: a stepper with memory across steps (a Jacobian, a multistep
         history) moves it on."""
-        ...
 
     def snapshot(self) -> Any:
         """The memory across steps (immutable; None if none), for :meth:`restore`."""
-        ...
+        return None
 
     def restore(self, snapshot: Any) -> None:
         """Back to the memory of a :meth:`snapshot` (a checkpointed segment's rerun starts from
         the memory its first run started from)."""
-        ...
 
 
 def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
@@ -77,13 +84,12 @@ def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
     return (row @ stacked.reshape(len(ks), -1)).view(stacked.shape[1:])
 
 
-class ExplicitRK:
+class ExplicitRK(Stepper):
     """An explicit Runge–Kutta method given by its tableau (on one row or on rows)."""
-
-    failure = None
 
     def __init__(self, tableau: Tableau) -> None:
         self.tableau = tableau
+        self._stacked: torch.Tensor | None = None  # one row: the last combination's stages
 
     def step(
         self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
@@ -96,10 +102,13 @@ class ExplicitRK:
         if not arith.rows:  # one row: each combination is one (1, i) × (i, N) product
             rows = tableau.tensors(y.dtype, y.device)
             for i in range(1, tableau.stages):
-                y1 = torch.addmm(y, rows.a[i], torch.cat(ks), alpha=step)
+                stacked = torch.cat(ks)
+                y1 = torch.addmm(y, rows.a[i], stacked, alpha=step)
                 ks.append(field(t + tableau.c[i] * step, y1))
             if not tableau.fsal:
-                y1 = torch.addmm(y, rows.b, torch.cat(ks), alpha=step)
+                stacked = torch.cat(ks)
+                y1 = torch.addmm(y, rows.b, stacked, alpha=step)
+            self._stacked = stacked
             return ks, y1
         h = arith.step_factor(step, y)
         for i in range(1, tableau.stages):
@@ -109,17 +118,18 @@ class ExplicitRK:
             y1 = y + h * combine(tableau.b, ks)
         return ks, y1
 
-    def accepted(self, accept: Any) -> None:
-        """No memory across steps."""
+    def error(self, arith: Arith, ks: list[torch.Tensor]) -> torch.Tensor:
+        """Σ_s b_err[s] ks[s], (R, N); on one row, one product with the stages the step stacked
+        last (all of them; FSAL: all but f(t1, y1), added with its own weight)."""
+        if arith.rows or self._stacked is None:
+            return super().error(arith, ks)
+        rows = self.tableau.tensors(ks[0].dtype, ks[0].device)
+        if self.tableau.fsal:
+            return torch.addmm(ks[-1], rows.b_err_head, self._stacked, beta=rows.b_err_last)
+        return torch.mm(rows.b_err, self._stacked)
 
-    def snapshot(self) -> None:
-        return None
 
-    def restore(self, snapshot: None) -> None:
-        """No memory across steps."""
-
-
-class Rosenbrock:
+class Rosenbrock(Stepper):
     """A Rosenbrock W-method step (see :mod:`neuralode.core.rosenbrock_method`), on one row
     with a float clock, or on one row of the row loop (``ROWS``: the clock and the memory are
     (1,) tensors; under torch.func.vmap each instance is that row, with its own steps).
@@ -139,8 +149,6 @@ class Rosenbrock:
         blocks: independent diagonal blocks of J (1: the full Jacobian).
         jacobian_every: accepted steps a Jacobian serves at most.
     """
-
-    failure = None
 
     def __init__(
         self, method: RosenbrockMethod, field: FlatField, blocks: int, jacobian_every: int

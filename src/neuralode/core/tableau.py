@@ -151,10 +151,13 @@ class Tableau:
             row = np.asarray(values, dtype=np.float64).reshape(1, -1)
             return torch.as_tensor(row, dtype=dtype, device=device)
 
+        b_err = None if self.b_err is None else as_tensor(self.b_err)
         return TableauTensors(
             a=[as_tensor(row) for row in self.a],
             b=as_tensor(self.b),
-            b_err=None if self.b_err is None else as_tensor(self.b_err),
+            b_err=b_err,
+            b_err_head=None if b_err is None else b_err[:, :-1].contiguous(),
+            b_err_last=0.0 if self.b_err is None else float(self.b_err[-1]),
             c=list(self.c),
         )
 
@@ -162,9 +165,12 @@ class Tableau:
 @dataclass(frozen=True)
 class TableauTensors:
     """Tableau coefficients on one dtype/device, ready for the step loop: a[i] of shape (1, i),
-    b and b_err of shape (1, S)."""
+    b and b_err of shape (1, S); b_err_head (1, S − 1) and b_err_last (a float) are b_err
+    without its last weight, and that weight."""
 
     a: list[torch.Tensor]
     b: torch.Tensor
     b_err: torch.Tensor | None
+    b_err_head: torch.Tensor | None
+    b_err_last: float
     c: list[float]

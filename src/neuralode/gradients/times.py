@@ -62,7 +62,7 @@ class _StartTimeGradient(torch.autograd.Function):
 
 def _start_derivative(problem: Problem, y0: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
     """f(t0, y0) flattened to (N,)."""
-    return problem.field(t0.double(), y0).view(-1)
+    return problem.field(t0.double(), y0[None]).view(-1)
 
 
 class _OutputTimeGradient(torch.autograd.Function):
@@ -111,7 +111,6 @@ def with_time_gradients(
     solution = solve(problem, moved)
     solution = torch.cat([y0[None], solution[1:]])  # y(t0) = y0 does not move with t0
     with torch.no_grad():
-        derivatives = torch.cat(
-            [problem.field(time, y) for time, y in zip(problem.output_times, solution, strict=True)]
-        )
+        pairs = zip(problem.output_times, solution, strict=True)
+        derivatives = torch.cat([problem.field(time, y[None]) for time, y in pairs])
     return _OutputTimeGradient.apply(solution, t, derivatives)
