@@ -126,8 +126,9 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         checkpoint = str(tmp_path / name / "model.pt")
         assert main(["latent", "eval", "--checkpoint", checkpoint, "--test-size", "10"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        # (eval names a run by its config: model, n and seed)
-        assert result["run"] == f"obs30-{model}" + (f"-seed{seed}" if seed != "0" else "")
+        # (eval names a run by its config: model, n, KL weight and seed)
+        weight = "-kl2" if model == "latent_ode" else ""
+        assert result["run"] == f"obs30-{model}{weight}" + (f"-seed{seed}" if seed != "0" else "")
         assert result["spirals"] == 10
         assert result["rmse_interp"] > 0 and result["rmse_extrap"] > 0
     out = tmp_path / "results"

@@ -231,8 +231,10 @@ def evaluate(args: argparse.Namespace) -> int:
     device = start_command(args)
     model, config = load_model(args.checkpoint, device)
     test = held_out_spirals(config, args.test_size)
-    seed = config.get("seed", 0)
-    name = f"obs{config['obs']}-{config['model']}" + (f"-seed{seed}" if seed else "")
+    seed, kl_weight = config.get("seed", 0), config.get("kl_weight", 1.0)
+    weighted = config["model"] != "rnn" and kl_weight != 1.0  # (an RNN has no KL term)
+    name = f"obs{config['obs']}-{config['model']}" + (f"-kl{kl_weight:g}" if weighted else "")
+    name += f"-seed{seed}" if seed else ""
     print(f"{name}: evaluating on {args.test_size:,} held-out spirals ({device})", flush=True)
     start = time.perf_counter()
     scores = rmse_scores(predict(model, test, device), test)
