@@ -8,6 +8,9 @@ Fehlberg's RK1(2) (the order-2 propagation of torchdiffeq's fehlberg2).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
@@ -224,32 +227,13 @@ _DOPRI8_B_LOW = (
 
 def _dopri8_dense_basis() -> tuple[tuple[float, ...], ...]:
     """Prince–Dormand's continuous extension b_i(θ) = θ·q_i(θ), q_i quintic: 14 polynomials,
-    one per stage and the last for f1, as coefficients of θ..θ⁶."""
-    quintics = {  # vector index -> coefficients of q_i from θ⁵ down to θ⁰
-        0: (-6.3448349392860401388, 22.1396504998094068976, -30.0610568289666450593,
-            19.9990069333683970610, -6.6910181737837595697, 1.0),
-        5: (-39.6107919852202505218, 116.4422149550342161651, -121.4999627731334642623,
-            52.2273532792945524050, -7.6142658045872677172, 0.0),
-        6: (20.3761213808791436958, -67.1451318825957197185, 83.1721004639847717481,
-            -46.8919164181093621583, 10.7281392630428866124, 0.0),
-        7: (7.3347098826795362023, -16.5672243527496524646, 9.5724507555993664382,
-            -0.1890893225010595467, 0.5526637063753648783, 0.0),
-        8: (32.8801774352459155182, -89.9916014847245016028, 87.8406057677205645007,
-            -35.7075975946222072821, 4.2186562625665153803, 0.0),
-        9: (-10.1588990526426760954, 22.6237489648532849093, -17.4152107770762969005,
-            6.2736448083240352160, -0.6627209125361597559, 0.0),
-        10: (-12.5401268098782561200, 32.2362340167355370113, -28.5903289514790976966,
-             10.3160881272450748458, -1.2636789001135462218, 0.0),
-        11: (29.5553001484516038033, -82.1020315488359848644, 81.6630950584341412934,
-             -34.7650769866611817349, 5.4106037898590422230, 0.0),
-        12: (-41.7923486424390588923, 116.2662185791119533462, -114.9375291377009418170,
-             47.7457971078225540396, -7.0321379067945741781, 0.0),
-        13: (20.3006925822100825485, -53.9020777466385396792, 50.2558364226176017553,
-             -19.0082099341608028453, 2.3537586759714983486, 0.0),
-    }  # fmt: skip
+    one per stage and the last for f1, as coefficients of θ..θ⁶. The q_i are data
+    (``dopri8_dense.json``: vector index -> coefficients of q_i from θ⁵ down to θ⁰; the
+    vectors not named have q_i = 0)."""
+    quintics = json.loads(Path(__file__).with_name("dopri8_dense.json").read_text())
     basis = [(0.0,) * 6] * 14
     for index, coefficients in quintics.items():
-        basis[index] = tuple(reversed(coefficients))
+        basis[int(index)] = tuple(reversed(coefficients))
     return tuple(basis)
 
 
