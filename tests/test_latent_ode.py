@@ -157,3 +157,24 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ) in table
     for figure in ("latent_ode_spirals.png", "latent_ode_latents.png"):
         assert (out / figure).stat().st_size > 0
+
+
+def test_the_figures_show_each_models_first_seed() -> None:
+    """The report's figures draw the runs named obsN-MODEL or obsN-MODEL-seed0, one per (model,
+    n); other seeds and recipes are in the table only."""
+    from neuralode.paper.experiments.latent_report import _main_runs
+
+    def run(model: str, obs: int) -> tuple[str, dict]:
+        return model, {"model": model, "obs": obs}
+
+    runs = {
+        "obs30-rnn-seed0": run("rnn", 30),
+        "obs30-rnn-seed1": run("rnn", 30),
+        "obs50-latent_ode": run("latent_ode", 50),
+        "obs50-latent_ode-f20-e1000-seed0": run("latent_ode", 50),
+    }
+    assert {key: value[0] for key, value in _main_runs(runs).items()} == {
+        ("rnn", 30): "rnn",
+        ("latent_ode", 50): "latent_ode",
+    }
+    assert _main_runs(runs)[("rnn", 30)][1] is runs["obs30-rnn-seed0"][1]  # (seed 0's config)

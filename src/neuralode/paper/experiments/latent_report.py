@@ -174,11 +174,12 @@ def _name(row: dict[str, Any], seed: bool = True) -> str:
 
 
 def _main_runs(models: dict[str, tuple[Any, dict]]) -> dict[tuple[str, int], tuple[Any, dict]]:
-    """The runs named ``obsN-MODEL`` (the table's main rows), by (model, n)."""
+    """The runs named ``obsN-MODEL`` or ``obsN-MODEL-seed0`` (the final recipe's first seed), by
+    (model, n)."""
     return {
         (config["model"], config["obs"]): (model, config)
         for name, (model, config) in models.items()
-        if name == f"obs{config['obs']}-{config['model']}"
+        if name in {f"obs{config['obs']}-{config['model']}{seed}" for seed in ("", "-seed0")}
     }
 
 
