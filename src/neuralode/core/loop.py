@@ -580,8 +580,11 @@ _GRAD_OFF, _NOTHING = _GradOff(), contextlib.nullcontext()
 
 
 def _untracked() -> contextlib.AbstractContextManager[Any]:
-    """no_grad for the step-size control where autograd records, else nothing to enter."""
-    return _GRAD_OFF if torch.is_grad_enabled() else _NOTHING
+    """no_grad for the step-size control where autograd records, else nothing to enter (traced
+    by torch.compile: torch.no_grad, the one that dynamo knows)."""
+    if not torch.is_grad_enabled():
+        return _NOTHING
+    return torch.no_grad() if torch.compiler.is_compiling() else _GRAD_OFF
 
 
 def _ten_ulp(largest: Any) -> Any:
