@@ -244,6 +244,37 @@ def test_adjoint_default_norm_and_seminorm_are_torchdiffeqs() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("state", ["tensor", "tuple", "complex"])
+def test_default_adjoint_norm_is_the_largest_rms_of_each_part(state: str) -> None:
+    """The default adjoint norm (one segmented sum of squares) equals the largest of the RMS of
+    each part of y, each part of adj_y and each parameter's gradient (an empty parameter left
+    out; a complex entry's two halves one entry); the seminorm leaves the gradients out."""
+    from neuralode.core.config import make_problem
+    from neuralode.gradients.adjoint import _augmented_norm
+
+    y0: object = {
+        "tensor": torch.ones(3, 2, dtype=torch.float64),
+        "tuple": (torch.ones(3, 2, dtype=torch.float64), torch.ones(4, dtype=torch.float64)),
+        "complex": torch.ones(5, dtype=torch.complex128),
+    }[state]
+    problem = make_problem(lambda t, y: y, y0, torch.tensor([0.0, 1.0]), 1e-6, 1e-6, None, None)
+    params = [torch.ones(2, 3), torch.ones(0), torch.ones(4)]
+    size = problem.layout.size
+    parts = problem.layout.numels if problem.layout.is_tuple else [size]
+    per_entry = 2 if state == "complex" else 1
+    error = torch.randn(2 * size + 10, dtype=torch.float64) * torch.linspace(0.1, 3, 2 * size + 10)
+
+    def rms(x: torch.Tensor, per: int = 1) -> torch.Tensor:
+        return (x.square().sum() / (x.numel() / per)).sqrt()
+
+    states = [rms(x, per_entry) for x in error[: 2 * size].split(parts * 2)]
+    grads = [rms(g) for g in error[2 * size :].split([6, 0, 4]) if g.numel()]
+    expected = torch.stack(states + grads).max()
+    torch.testing.assert_close(_augmented_norm(None, problem, params)(error), expected)
+    seminorm = _augmented_norm("seminorm", problem, params)(error)
+    torch.testing.assert_close(seminorm, torch.stack(states).max())
+
+
 # -- FFJORD-style adjoints --------------------------------------------------------------------
 
 

@@ -375,20 +375,15 @@ def _augmented_norm(
         raise ODEInputError(
             f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
         )
+    with_params = norm != "seminorm"
     forward_norm = forward.tolerance.norm
+    if forward_norm is None:
+        return _largest_rms(forward, param_sizes if with_params else [])
     forward_structure = forward.tolerance.structure
-    state_parts = layout.numels if layout.is_tuple else [size]
-    per_entry = 2 if layout.is_complex else 1  # a complex entry's halves count as one entry
 
     def state_norm(x: torch.Tensor) -> torch.Tensor:
-        if forward_norm is not None:
-            given = forward_norm(forward_structure(x) if forward_structure else x)
-            return torch.as_tensor(given, dtype=x.dtype, device=x.device).reshape(())
-        return torch.stack(
-            [_rms(part, per_entry) for part in x.split(state_parts) if part.numel()]
-        ).max()
-
-    with_params = norm != "seminorm"
+        given = forward_norm(forward_structure(x) if forward_structure else x)
+        return torch.as_tensor(given, dtype=x.dtype, device=x.device).reshape(())
 
     def mixed(error: torch.Tensor) -> torch.Tensor:
         y, a, grads = split(error)
@@ -398,6 +393,40 @@ def _augmented_norm(
         return torch.stack(channels).max()
 
     return mixed
+
+
+def _largest_rms(forward: Problem, param_sizes: Sequence[int]) -> Callable[[torch.Tensor], Any]:
+    """The largest RMS over the segments of the flat augmented error [y, a, g]: each part of y
+    and of a (a complex entry's halves counted as one entry) and each parameter's gradient of
+    ``param_sizes`` (none: the seminorm, which leaves g out). One segmented sum of squares, not
+    a norm per segment."""
+    layout = forward.layout
+    parts = layout.numels if layout.is_tuple else [layout.size]
+    per_entry = 2 if layout.is_complex else 1
+    sizes = [*parts, *parts, *param_sizes]
+    entries = [n / per_entry for n in parts] * 2 + [float(n) for n in param_sizes]
+    kept = [i for i, n in enumerate(sizes) if n]  # an empty segment has no RMS
+    device = forward.y0.device
+    segment = torch.repeat_interleave(
+        torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
+    )
+    length = segment.numel()
+    select = None if len(kept) == len(sizes) else torch.tensor(kept, device=device)
+    inverse_counts = torch.tensor([1.0 / entries[i] for i in kept], dtype=torch.float64,
+                                  device=device)  # fmt: skip
+    in_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def largest_rms(error: torch.Tensor) -> torch.Tensor:
+        squares = error.reshape(-1)[:length].square()
+        sums = squares.new_zeros(len(sizes)).index_add(0, segment, squares)
+        if select is not None:
+            sums = sums[select]
+        scale = in_dtype.get(sums.dtype)
+        if scale is None:
+            scale = in_dtype[sums.dtype] = inverse_counts.to(sums.dtype)
+        return (sums * scale).max().sqrt()
+
+    return largest_rms
 
 
 def _rms(x: torch.Tensor, per_entry: int = 1) -> torch.Tensor:
