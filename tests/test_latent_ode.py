@@ -157,6 +157,15 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ) in table
     for figure in ("latent_ode_spirals.png", "latent_ode_latents.png"):
         assert (out / figure).stat().st_size > 0
+    assert (out / "latent" / "obs30-rnn-seed1.pt").exists()  # each model copied beside the table
+    # runs kept under the output's latent/ folder stay where they are, not copied
+    kept = tmp_path / "kept"
+    (kept / "latent" / "runs").mkdir(parents=True)
+    (tmp_path / "obs30-rnn-seed1").rename(kept / "latent" / "runs" / "obs30-rnn-seed1")
+    args = ["latent", "report", "--runs", str(kept / "latent" / "runs"), "--out", str(kept)]
+    assert main([*args, "--test-size", "10", "--threads", "1"]) == 0
+    assert [p.name for p in (kept / "latent").iterdir()] == ["runs"]
+    assert (kept / "latent_ode.md").exists()
 
 
 def test_the_figures_show_each_models_first_seed() -> None:

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score every finished run, copy models and logs, write the table and the figures."""
+    """Score every finished run, copy models and logs to ``--out``/latent (unless the runs already
+    lie there), write the table and the figures."""
     device = start_command(args)
     folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
     rows, models = [], {}
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         )
         models[folder.name] = (model, config)
         print(json.dumps(rows[-1]))
-        shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
-        shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
+        if not folder.resolve().is_relative_to(saved.resolve()):  # (else kept where it is)
+            shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
+            shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
     (args.out / "latent_ode.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "latent_ode.md").write_text(format_table(rows, args.test_size))
     plot_reconstructions(models, args.test_size, device, args.out / "latent_ode_spirals.png")
