@@ -256,10 +256,11 @@ class VanDerPol(nn.Module):
 # -- gradients and a training step -------------------------------------------------------------
 
 
-def neuralode_gradient(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, gradient: str,
+def neuralode_gradient(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, gradient: object,
                        options: dict, variant: str, lib: ModuleType = neuralode
                        ) -> Contender:  # fmt: skip
-    """Forward and backward through a solve by ``lib`` (see :func:`neuralode_forward`)."""
+    """Forward and backward through a solve by ``lib`` (see :func:`neuralode_forward`) in the
+    gradient mode ``gradient`` (a name or ``lib``'s GradientMode)."""
     params = tuple(func.parameters())
 
     def run() -> object:
