@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from .cnf import (
     target_log_normalizer,
 )
 from .cnf_figures import density_grid, plot_image_grid, plot_panels
-from .common import add_device_arguments, add_mnist_folder_argument, start_command
+from .common import add_device_arguments, add_mnist_folder_argument, keep_run, start_command
 
 MODEL_NAMES = {
     "cnf": "CNF",
@@ -106,17 +105,15 @@ def score_run(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score every finished run, copy models and logs, write the tables and the figures."""
+    """Score every finished run, copy models and logs to ``--out``/cnf (unless the runs already
+    lie there), write the tables and the figures."""
     device = start_command(args)
     folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
     rows = []
     for folder in folders:
         rows.append(score_run(folder, args.samples, device, args.data_dir))
         print(json.dumps(rows[-1]))
-        saved = args.out / "cnf"
-        saved.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
-        shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
+        keep_run(folder, args.out / "cnf")
     (args.out / "cnf.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "cnf.md").write_text(format_report(rows, args.samples))
     runs: dict[str, Path] = {}  # (each data set and model's first seed, by its first run's name)

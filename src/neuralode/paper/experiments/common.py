@@ -6,6 +6,7 @@ loading a saved run (checked to come from the right experiment and to fit its mo
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,14 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in vars(args).items()
         if key != "handler"
     }
+
+
+def keep_run(folder: Path, saved: Path) -> None:
+    """Copy a finished run's model and log from its folder to ``saved/<run>.pt`` and
+    ``saved/<run>.log.jsonl``, beside a report's tables, unless the run already lies under
+    ``saved`` (its own folder is then the committed copy)."""
+    saved.mkdir(parents=True, exist_ok=True)
+    if folder.resolve().is_relative_to(saved.resolve()):
+        return
+    shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
+    shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from ..data.spirals import WINDOW
 from ..mnist_models import count_parameters
 from ..plots import new_figure, save_figure
 from ..training.run_log import read_log
-from .common import add_device_arguments, start_command
+from .common import add_device_arguments, keep_run, start_command
 from .latent import OBSERVATIONS, held_out_spirals, load_model, predict, rmse_scores
 
 PAPER = {"rnn": (0.3937, 0.3202, 0.1813), "latent_ode": (0.1642, 0.1502, 0.1346)}
@@ -59,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     folders = sorted(f for f in args.runs.iterdir() if (f / "model.pt").exists())
     rows, models = [], {}
     saved = args.out / "latent"
-    saved.mkdir(parents=True, exist_ok=True)
     for folder in folders:
         model, config = load_model(folder / "model.pt", device)
         test = held_out_spirals(config, args.test_size)
@@ -87,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
         models[folder.name] = (model, config)
         print(json.dumps(rows[-1]))
-        if not folder.resolve().is_relative_to(saved.resolve()):  # (else kept where it is)
-            shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
-            shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
+        keep_run(folder, saved)
     (args.out / "latent_ode.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "latent_ode.md").write_text(format_table(rows, args.test_size))
     plot_reconstructions(models, args.test_size, device, args.out / "latent_ode_spirals.png")
