@@ -429,8 +429,8 @@ def _largest_rms(forward: Problem, param_sizes: Sequence[int]) -> Callable[[torc
     return largest_rms
 
 
-def _rms(x: torch.Tensor, per_entry: int = 1) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1) / per_entry)
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
 def _leaves(output: torch.Tensor, through: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
