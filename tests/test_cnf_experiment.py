@@ -70,6 +70,13 @@ def test_train_eval_sample_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     for figure in ("cnf_toy.png", "cnf_matching.png", "cnf_flow.png"):
         assert (out / figure).stat().st_size > 0
     assert (out / "cnf" / "moons-cnf.pt").exists()
+    # the last table names each run's model file, which `cnf eval` scores again
+    ring = rows["ring-cnf"]
+    assert ring["checkpoint"] == str(out / "cnf" / "ring-cnf.pt")
+    assert (
+        f"| ring-cnf | 0 | KL {ring['test_kl']:.3f} | {ring['test_nfe']:.0f} | "
+        f"{ring['train_minutes']:.1f} | `{ring['checkpoint']}` |"
+    ) in report
 
 
 def test_iterations_must_fill_whole_evaluation_periods(

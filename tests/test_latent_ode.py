@@ -166,6 +166,8 @@ def test_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main([*args, "--test-size", "10", "--threads", "1"]) == 0
     assert [p.name for p in (kept / "latent").iterdir()] == ["runs"]
     assert (kept / "latent_ode.md").exists()
+    (kept_row,) = json.loads((kept / "latent_ode.json").read_text())
+    assert kept_row["checkpoint"] == str(kept / "latent" / "runs" / "obs30-rnn-seed1" / "model.pt")
 
 
 def test_the_figures_show_each_models_first_seed() -> None:

@@ -4,8 +4,10 @@ figures.
 For every run folder with a ``model.pt`` it scores the model on held-out data (the same data for
 every model: 10,000 toy samples, 10,000 draws for density matching, the MNIST test set), reads
 the training time and NFE from ``log.jsonl``, and copies the model (a small file) and the log to
-``OUT/cnf/<run>.pt`` and ``<run>.log.jsonl``, so that ``neuralode cnf eval --checkpoint
-results/cnf/<run>.pt`` reproduces a row. Figures: target against learned densities and samples
+``OUT/cnf/<run>.pt`` and ``<run>.log.jsonl`` unless the run folder already lies under
+``OUT/cnf`` (as ``results/cnf/runs/<run>``, whose ``model.pt`` is then the committed model).
+``neuralode cnf eval --checkpoint`` on the model named in the report's last table reproduces a
+row. Figures: target against learned densities and samples
 (results/cnf_toy.png, cnf_matching.png), and samples and density flowing from the base Gaussian
 to the data over t (cnf_flow.png).
 
@@ -51,6 +53,8 @@ MODEL_NAMES = {
     "gaussian": "diag. Gaussian",
 }
 """Names by model; a CNF's name adds its hidden widths, a planar flow's its layers."""
+SCORE_NAMES = {"test_bpd": "bits/dim", "test_kl": "KL", "test_nll": "NLL"}
+"""A run's score by task (an image run has an NLL too, but is scored in bits/dim)."""
 FLOW_RUNS = ("circles-cnf", "moons-cnf")
 FLOW_TIMES = 6
 
@@ -112,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for folder in folders:
         rows.append(score_run(folder, args.samples, device, args.data_dir))
+        rows[-1]["checkpoint"] = str(keep_run(folder, args.out / "cnf"))
         print(json.dumps(rows[-1]))
-        keep_run(folder, args.out / "cnf")
     (args.out / "cnf.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "cnf.md").write_text(format_report(rows, args.samples))
     runs: dict[str, Path] = {}  # (each data set and model's first seed, by its first run's name)
@@ -184,6 +188,7 @@ def format_report(rows: list[dict[str, Any]], samples: int) -> str:
     regularized = [r for r in rows if r["regularized"]]
     if regularized:
         parts += ["\n## Regularised dynamics (Finlay et al. 2020)\n\n", _regularization(rows)]
+    parts += ["\n## Every run\n\n", _every_run(rows)]
     return "".join(parts)
 
 
@@ -203,9 +208,9 @@ def _setup(rows: list[dict[str, Any]]) -> str:
         f"{' / '.join(f'{t:g}' for t in tols)}, gradients by backpropagation through the solver. "
         "Planar NF: K stacked layers (K = 64 against 64 hidden units is the paper's comparison), "
         "initialised near the identity. Training minutes are wall-clock on a 2-core machine "
-        "shared by up to five runs at once: compare them loosely. Models are copied to "
-        "`results/cnf/<run>.pt`; `neuralode cnf eval --checkpoint results/cnf/<run>.pt` "
-        "reproduces a row.\n"
+        "shared by up to five runs at once: compare them loosely. `neuralode cnf eval "
+        "--checkpoint MODEL` reproduces a run's score, MODEL being its file in the last "
+        "table.\n"
     )
 
 
@@ -289,6 +294,24 @@ def _regularization(rows: list[dict[str, Any]]) -> str:
             )
     header = ["run", "kinetic / Jacobian weight", "test NLL", "train NFE (last epoch)"]
     return _table([*header, "test NFE", "train min"], lines)
+
+
+def _every_run(rows: list[dict[str, Any]]) -> str:
+    """Each run's own score (test NLL, KL or bits/dim), seed, NFE, time and model file."""
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["task"], r["data"], r["label"], r["seed"])):
+        score = next(key for key in SCORE_NAMES if key in r)
+        lines.append(
+            [
+                r["run"],
+                str(r["seed"]),
+                f"{SCORE_NAMES[score]} {r[score]:.3f}",
+                f"{r['test_nfe']:.0f}",
+                f"{r['train_minutes']:.1f}",
+                f"`{r['checkpoint']}`",
+            ]
+        )
+    return _table(["run", "seed", "score", "test NFE", "train min", "model"], lines)
 
 
 def _grid_log_prob(model: nn.Module, t: float = 0.0) -> np.ndarray:

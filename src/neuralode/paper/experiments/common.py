@@ -262,12 +262,13 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def keep_run(folder: Path, saved: Path) -> None:
+def keep_run(folder: Path, saved: Path) -> Path:
     """Copy a finished run's model and log from its folder to ``saved/<run>.pt`` and
     ``saved/<run>.log.jsonl``, beside a report's tables, unless the run already lies under
-    ``saved`` (its own folder is then the committed copy)."""
+    ``saved`` (its own folder is then the committed copy). Returns the kept model's path."""
     saved.mkdir(parents=True, exist_ok=True)
     if folder.resolve().is_relative_to(saved.resolve()):
-        return
+        return folder / "model.pt"
     shutil.copyfile(folder / "model.pt", saved / f"{folder.name}.pt")
     shutil.copyfile(folder / "log.jsonl", saved / f"{folder.name}.log.jsonl")
+    return saved / f"{folder.name}.pt"

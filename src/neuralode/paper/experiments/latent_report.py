@@ -3,9 +3,11 @@ latent_ode.json and figures.
 
 For every run folder ``obsN-MODEL`` with a ``model.pt`` it scores the model on the held-out
 spirals, reads the training time and NFE from ``log.jsonl``, and copies the model and log to
-``OUT/latent/``, so that ``neuralode latent eval --checkpoint results/latent/<run>.pt`` reproduces
-a row. Figures: reconstructions and extrapolations of test spirals (the paper's figure 8) and the
-latent trajectories projected to 2-D, coloured by direction (figure 9).
+``OUT/latent/`` unless the run folder already lies there (as ``results/latent/runs/<run>``), so
+that ``neuralode latent eval --checkpoint`` on ``results/latent/<run>.pt`` or
+``results/latent/runs/<run>/model.pt`` reproduces a row (its ``checkpoint`` in latent_ode.json).
+Figures: reconstructions and extrapolations of test spirals (the paper's figure 8) and the latent
+trajectories projected to 2-D, coloured by direction (figure 9).
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             }
         )
         models[folder.name] = (model, config)
+        rows[-1]["checkpoint"] = str(keep_run(folder, saved))
         print(json.dumps(rows[-1]))
-        keep_run(folder, saved)
     (args.out / "latent_ode.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "latent_ode.md").write_text(format_table(rows, args.test_size))
     plot_reconstructions(models, args.test_size, device, args.out / "latent_ode_spirals.png")
