@@ -251,20 +251,30 @@ def test_step_callbacks_as_torchdiffeq_calls_them() -> None:
 
 @pytest.mark.parametrize("name", ["dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8"])
 def test_one_row_error_estimate_is_the_tableaus(name: str) -> None:
-    """On one row, ExplicitRK's error estimate reuses the stages its last combination stacked
-    (FSAL: all but f(t1, y1)); it equals the definition Σ b_err[s] k[s] of the base class."""
+    """On one row, an adaptive ExplicitRK forms its error estimate from the stages its
+    combinations stack (FSAL: all but f(t1, y1)); it equals the definition Σ b_err[s] k[s] of
+    the base class. No stack of stages is alive while the field runs (the adjoint's backward
+    field is a vector-Jacobian product: memory held then adds to its peak)."""
+    import gc
+
     from neuralode.core.arith import SCALAR
     from neuralode.core.methods import METHODS
     from neuralode.core.steppers import ExplicitRK, Stepper
 
-    weights = torch.randn(3, 3, dtype=torch.float64)
+    n = 17  # (wider than any tableau row, so that a (k, n) tensor is a stack of states)
+    weights = torch.randn(n, dtype=torch.float64)
+    stacks = []
 
     def field(t: float, y: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(y @ weights) * math.cos(t)
+        alive = (o for o in gc.get_objects() if type(o) is torch.Tensor)
+        stacks.extend(o.shape for o in alive if o.dim() == 2 and o.shape[1] == n and len(o) > 1)
+        return torch.tanh(y * weights) * math.cos(t)
 
-    stepper = ExplicitRK(METHODS[name])
-    y = torch.randn(1, 3, dtype=torch.float64)
+    stepper = ExplicitRK(METHODS[name], estimates_error=True)
+    y = torch.randn(1, n, dtype=torch.float64)
     ks, _ = stepper.step(field, SCALAR, 0.3, y, field(0.3, y), 1.5)
+    assert stacks == []
     shortcut, definition = stepper.error(SCALAR, ks), Stepper.error(stepper, SCALAR, ks)
     assert definition.abs().max() > 1e-6  # (a real estimate, not zeros)
     torch.testing.assert_close(shortcut, definition, rtol=1e-12, atol=1e-15)
+    assert stepper._error is None  # handed over, not held into the next step

@@ -166,7 +166,7 @@ class Problem:
                               self.max_iters)  # fmt: skip
         if isinstance(self.method, RosenbrockMethod):
             return Rosenbrock(self.method, self.field, self.jacobian_blocks, self.jacobian_every)
-        return ExplicitRK(self.method)
+        return ExplicitRK(self.method, isinstance(self.controller, AdaptiveController))
 
     def first_derivative(self, y0: torch.Tensor, rows: int = 1) -> torch.Tensor:
         """f(t[0], y0) for a flat y0 (just after t[0] with perturb) as ``rows`` rows, (rows,

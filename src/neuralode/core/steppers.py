@@ -85,11 +85,18 @@ def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ExplicitRK(Stepper):
-    """An explicit Runge–Kutta method given by its tableau (on one row or on rows)."""
+    """An explicit Runge–Kutta method given by its tableau (on one row or on rows).
 
-    def __init__(self, tableau: Tableau) -> None:
+    With ``estimates_error`` (adaptive steps; the tableau has error weights) a step on one row
+    also forms its error estimate from the stages it stacks anyway, and :meth:`error` hands it
+    over; no stack of stages outlives the product it is made for (none is held while the field
+    runs, nor from one step to the next).
+    """
+
+    def __init__(self, tableau: Tableau, estimates_error: bool = False) -> None:
         self.tableau = tableau
-        self._stacked: torch.Tensor | None = None  # one row: the last combination's stages
+        self.estimates_error = estimates_error and tableau.b_err is not None
+        self._error: torch.Tensor | None = None  # one row: the last step's, until error() takes it
 
     def step(
         self, field: Field, arith: Arith, t: Any, y: torch.Tensor, f: torch.Tensor, step: Any
@@ -101,14 +108,21 @@ class ExplicitRK(Stepper):
         y1 = y
         if not arith.rows:  # one row: each combination is one (1, i) × (i, N) product
             rows = tableau.tensors(y.dtype, y.device)
+            head = None  # FSAL: the error's share of every stage but f(t1, y1)
             for i in range(1, tableau.stages):
                 stacked = torch.cat(ks)
                 y1 = torch.addmm(y, rows.a[i], stacked, alpha=step)
+                if self.estimates_error and tableau.fsal and i == tableau.stages - 1:
+                    head = torch.mm(rows.b_err_head, stacked)
+                del stacked  # (not held while the field runs)
                 ks.append(field(t + tableau.c[i] * step, y1))
             if not tableau.fsal:
                 stacked = torch.cat(ks)
                 y1 = torch.addmm(y, rows.b, stacked, alpha=step)
-            self._stacked = stacked
+                if self.estimates_error:
+                    self._error = torch.mm(rows.b_err, stacked)
+            elif head is not None:
+                self._error = torch.add(head, ks[-1], alpha=rows.b_err_last)
             return ks, y1
         h = arith.step_factor(step, y)
         for i in range(1, tableau.stages):
@@ -119,14 +133,11 @@ class ExplicitRK(Stepper):
         return ks, y1
 
     def error(self, arith: Arith, ks: list[torch.Tensor]) -> torch.Tensor:
-        """Σ_s b_err[s] ks[s], (R, N); on one row, one product with the stages the step stacked
-        last (all of them; FSAL: all but f(t1, y1), added with its own weight)."""
-        if arith.rows or self._stacked is None:
+        """Σ_s b_err[s] ks[s], (R, N): on one row the estimate the step formed (see the class)."""
+        if self._error is None:
             return super().error(arith, ks)
-        rows = self.tableau.tensors(ks[0].dtype, ks[0].device)
-        if self.tableau.fsal:
-            return torch.addmm(ks[-1], rows.b_err_head, self._stacked, beta=rows.b_err_last)
-        return torch.mm(rows.b_err, self._stacked)
+        error, self._error = self._error, None
+        return error
 
 
 class Rosenbrock(Stepper):
