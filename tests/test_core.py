@@ -254,7 +254,8 @@ def test_one_row_error_estimate_is_the_tableaus(name: str) -> None:
     """On one row, an adaptive ExplicitRK forms its error estimate from the stages its
     combinations stack (FSAL: all but f(t1, y1)); it equals the definition Σ b_err[s] k[s] of
     the base class. No stack of stages is alive while the field runs (the adjoint's backward
-    field is a vector-Jacobian product: memory held then adds to its peak)."""
+    field is a vector-Jacobian product: memory held then adds to its peak), and none is recorded
+    for the estimate where autograd records the step."""
     import gc
 
     from neuralode.core.arith import SCALAR
@@ -271,10 +272,11 @@ def test_one_row_error_estimate_is_the_tableaus(name: str) -> None:
         return torch.tanh(y * weights) * math.cos(t)
 
     stepper = ExplicitRK(METHODS[name], estimates_error=True)
-    y = torch.randn(1, n, dtype=torch.float64)
+    y = torch.randn(1, n, dtype=torch.float64, requires_grad=True)
     ks, _ = stepper.step(field, SCALAR, 0.3, y, field(0.3, y), 1.5)
     assert stacks == []
     shortcut, definition = stepper.error(SCALAR, ks), Stepper.error(stepper, SCALAR, ks)
+    assert not shortcut.requires_grad  # (step-size control: no graph recorded for it)
     assert definition.abs().max() > 1e-6  # (a real estimate, not zeros)
     torch.testing.assert_close(shortcut, definition, rtol=1e-12, atol=1e-15)
     assert stepper._error is None  # handed over, not held into the next step

@@ -21,7 +21,6 @@ Time is kept in float64 whatever the state's dtype. Step-size control runs under
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from ..errors import (
 from .arith import Arith
 from .callbacks import Callbacks
 from .controllers import AdaptiveController, FixedGrid
-from .steppers import Field, Stepper, dense_weights, hermite, interpolate
+from .steppers import Field, Stepper, dense_weights, hermite, interpolate, untracked
 from .transforms import is_wrapped, truth, unwrap
 
 RUNNING, UNDERFLOW, NONFINITE, MAX_STEPS, STOPPED, NOT_CONVERGED = 0, 1, 2, 3, 4, 5
@@ -188,7 +187,7 @@ class Loop:
         status: Any = RUNNING
         size = None
         if not self.fixed:
-            with _untracked():
+            with untracked():
                 size = self.controller.tolerance.size(y0)
         if arith.rows:
             t = self.times_tensor[0].expand(rows)
@@ -221,7 +220,7 @@ class Loop:
         """Hairer, Nørsett & Wanner's starting step of each row (Solving ODEs I, II.4), and
         whether f is finite; ``size``: |y| (:meth:`Tolerance.size`). One extra evaluation."""
         arith, tolerance, direction = self.arith, self.controller.tolerance, self.direction
-        with _untracked():
+        with untracked():
             scale = tolerance.scale(size)
             d0, d1 = tolerance.ratio(arith, y, scale), tolerance.ratio(arith, f, scale)
             finite = arith.isfinite(d1)
@@ -282,7 +281,7 @@ class Loop:
         f1 = ks[-1] if self.fsal else (None if self.lazy_end else field(t1, y1))
         magnitude = arith.absolute(step)
         size = None
-        with _untracked():
+        with untracked():
             if self.fixed:
                 finite = arith.isfinite(arith.clock(torch.linalg.vector_norm(y1, math.inf)))
                 accept, dt, memory = active & finite, self.controller.next_step(t1), c.memory
@@ -562,29 +561,6 @@ def failure_error(
         "if the problem is stiff",
         at,
     )
-
-
-class _GradOff:
-    """no_grad for a block entered where autograd records (it restores recording on exit), with
-    no state of its own: one instance serves every thread, and costs two calls, not torch.no_grad's
-    construction, enter and exit (the loop enters it every step)."""
-
-    def __enter__(self) -> None:
-        torch.set_grad_enabled(False)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_grad_enabled(True)
-
-
-_GRAD_OFF, _NOTHING = _GradOff(), contextlib.nullcontext()
-
-
-def _untracked() -> contextlib.AbstractContextManager[Any]:
-    """no_grad for the step-size control where autograd records, else nothing to enter (traced
-    by torch.compile: torch.no_grad, the one that dynamo knows)."""
-    if not torch.is_grad_enabled():
-        return _NOTHING
-    return torch.no_grad() if torch.compiler.is_compiling() else _GRAD_OFF
 
 
 def _ten_ulp(largest: Any) -> Any:

@@ -31,6 +31,29 @@ Field = Callable[[Any, torch.Tensor], torch.Tensor]
 """field(t, y): t a float (one row) or an (R,) float64 tensor, y (R, N) → dy/dt, (R, N)."""
 
 
+class _GradOff:
+    """no_grad for a block entered where autograd records (it restores recording on exit), with
+    no state of its own: one instance serves every thread, and costs two calls, not torch.no_grad's
+    construction, enter and exit (the loop enters it every step)."""
+
+    def __enter__(self) -> None:
+        torch.set_grad_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_grad_enabled(True)
+
+
+_GRAD_OFF, _NOTHING = _GradOff(), contextlib.nullcontext()
+
+
+def untracked() -> contextlib.AbstractContextManager[Any]:
+    """no_grad for the error estimate and the step-size control where autograd records, else
+    nothing to enter (traced by torch.compile: torch.no_grad, the one that dynamo knows)."""
+    if not torch.is_grad_enabled():
+        return _NOTHING
+    return torch.no_grad() if torch.compiler.is_compiling() else _GRAD_OFF
+
+
 class Stepper:
     """What the loop asks of a stepper; the defaults are those of a stepper without memory
     across steps whose error estimate is its tableau's Σ b_err[s] k[s].
@@ -113,16 +136,19 @@ class ExplicitRK(Stepper):
                 stacked = torch.cat(ks)
                 y1 = torch.addmm(y, rows.a[i], stacked, alpha=step)
                 if self.estimates_error and tableau.fsal and i == tableau.stages - 1:
-                    head = torch.mm(rows.b_err_head, stacked)
+                    with untracked():
+                        head = torch.mm(rows.b_err_head, stacked)
                 del stacked  # (not held while the field runs)
                 ks.append(field(t + tableau.c[i] * step, y1))
             if not tableau.fsal:
                 stacked = torch.cat(ks)
                 y1 = torch.addmm(y, rows.b, stacked, alpha=step)
                 if self.estimates_error:
-                    self._error = torch.mm(rows.b_err, stacked)
+                    with untracked():
+                        self._error = torch.mm(rows.b_err, stacked)
             elif head is not None:
-                self._error = torch.add(head, ks[-1], alpha=rows.b_err_last)
+                with untracked():
+                    self._error = torch.add(head, ks[-1], alpha=rows.b_err_last)
             return ks, y1
         h = arith.step_factor(step, y)
         for i in range(1, tableau.stages):
