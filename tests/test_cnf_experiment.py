@@ -12,7 +12,7 @@ import torch
 
 from neuralode.nn import CNF, ConcatSquashMLP, SolverConfig
 from neuralode.paper.cli import main
-from neuralode.paper.experiments.cnf import ImageTask, load_flow
+from neuralode.paper.experiments.cnf import ImageTask, load_flow, standard_error
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -74,7 +74,8 @@ def test_train_eval_sample_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     ring = rows["ring-cnf"]
     assert ring["checkpoint"] == str(out / "cnf" / "ring-cnf.pt")
     assert (
-        f"| ring-cnf | 0 | KL {ring['test_kl']:.3f} | {ring['test_nfe']:.0f} | "
+        f"| ring-cnf | 0 | KL {ring['test_kl']:.3f} ± {ring['test_kl_se']:.3f} | "
+        f"{ring['test_nfe']:.0f} | "
         f"{ring['train_minutes']:.1f} | `{ring['checkpoint']}` |"
     ) in report
 
@@ -95,6 +96,13 @@ def test_mnist14_bits_per_dim(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main([*args, "--data-dir", str(MNIST)]) == 0
     result = last_json(capsys)
     assert result["test_bpd"] == pytest.approx(result["test_nll"] / (196 * np.log(2)) + 8, rel=1e-6)
+    se_bpd = result["test_nll_se"] / (196 * np.log(2))
+    assert result["test_bpd_se"] == pytest.approx(se_bpd, rel=1e-6) and se_bpd > 0
+
+
+def test_standard_error_is_the_sample_std_over_root_n() -> None:
+    """[1, 2, 3, 4]: sample std √(5/3), over √4."""
+    assert standard_error(torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(np.sqrt(5 / 3) / 2)
 
 
 def test_trained_cnf_density_integrates_to_one() -> None:

@@ -249,11 +249,13 @@ class LikelihoodTask:
         )
 
     def evaluate(self, model: nn.Module, n: int, device: torch.device) -> dict[str, float]:
-        """Test NLL (nats) on n held-out samples, and the mean NFE per solve."""
+        """Test NLL (nats) on n held-out samples, its standard error, and the mean NFE per
+        solve."""
         log_probs, nfe = _batched_scores(
             model, lambda x: self.log_prob(model, x), self.test_set(n), device
         )
-        return {"test_nll": -float(log_probs.mean()), "test_nfe": nfe}
+        nll = -log_probs
+        return {"test_nll": float(nll.mean()), "test_nll_se": standard_error(nll), "test_nfe": nfe}
 
 
 class ImageTask(LikelihoodTask):
@@ -317,10 +319,12 @@ class ImageTask(LikelihoodTask):
         return self.pixels("test")[:n]
 
     def evaluate(self, model: nn.Module, n: int, device: torch.device) -> dict[str, float]:
-        """Test bits/dim on the first n test images (dequantisation noise from TEST_SEED)."""
+        """Test bits/dim and its standard error on the first n test images (dequantisation
+        noise from TEST_SEED)."""
         torch.manual_seed(TEST_SEED)
         metrics = super().evaluate(model, n, device)
         metrics["test_bpd"] = float(bits_per_dim(-torch.tensor(metrics["test_nll"]), self.dim))
+        metrics["test_bpd_se"] = metrics["test_nll_se"] / (self.dim * math.log(2))
         return metrics
 
 
@@ -342,7 +346,8 @@ class MatchingTask:
         return loss, {"kl": float(loss.detach()) + target_log_normalizer(self.target)}
 
     def evaluate(self, model: nn.Module, n: int, device: torch.device) -> dict[str, float]:
-        """KL(q‖p) (nats) estimated from n draws of q, and the mean NFE per solve."""
+        """KL(q‖p) (nats) estimated from n draws of q, its standard error, and the mean NFE per
+        solve."""
         z = torch.as_tensor(self.sampler(n, np.random.default_rng(TEST_SEED)), dtype=torch.float32)
 
         def gap(points: torch.Tensor) -> torch.Tensor:
@@ -350,7 +355,8 @@ class MatchingTask:
             return log_q - TARGETS[self.target](x)
 
         gaps, nfe = _batched_scores(model, gap, z, device)
-        return {"test_kl": float(gaps.mean()) + target_log_normalizer(self.target), "test_nfe": nfe}
+        kl = float(gaps.mean()) + target_log_normalizer(self.target)
+        return {"test_kl": kl, "test_kl_se": standard_error(gaps), "test_nfe": nfe}
 
 
 Task = LikelihoodTask | MatchingTask
@@ -363,6 +369,11 @@ def target_log_normalizer(target: str) -> float:
     points = torch.cartesian_prod(axis, axis)
     cell = float(axis[1] - axis[0]) ** 2
     return float(torch.logsumexp(TARGETS[target](points), 0)) + math.log(cell)
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of independent draws (n,): std / √n."""
+    return float(values.double().std() / math.sqrt(values.numel()))
 
 
 def _batched_scores(

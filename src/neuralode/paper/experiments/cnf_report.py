@@ -188,7 +188,12 @@ def format_report(rows: list[dict[str, Any]], samples: int) -> str:
     regularized = [r for r in rows if r["regularized"]]
     if regularized:
         parts += ["\n## Regularised dynamics (Finlay et al. 2020)\n\n", _regularization(rows)]
-    parts += ["\n## Every run\n\n", _every_run(rows)]
+    parts += [
+        "\n## Every run\n\n",
+        "Each score ± its standard error over the held-out samples (the precision of the "
+        "estimate, not the spread between seeds or training runs).\n\n",
+        _every_run(rows),
+    ]
     return "".join(parts)
 
 
@@ -297,7 +302,8 @@ def _regularization(rows: list[dict[str, Any]]) -> str:
 
 
 def _every_run(rows: list[dict[str, Any]]) -> str:
-    """Each run's own score (test NLL, KL or bits/dim), seed, NFE, time and model file."""
+    """Each run's own score (test NLL, KL or bits/dim) ± its standard error, seed, NFE, time and
+    model file."""
     lines = []
     for r in sorted(rows, key=lambda r: (r["task"], r["data"], r["label"], r["seed"])):
         score = next(key for key in SCORE_NAMES if key in r)
@@ -305,13 +311,13 @@ def _every_run(rows: list[dict[str, Any]]) -> str:
             [
                 r["run"],
                 str(r["seed"]),
-                f"{SCORE_NAMES[score]} {r[score]:.3f}",
+                f"{SCORE_NAMES[score]} {r[score]:.3f} ± {r[f'{score}_se']:.3f}",
                 f"{r['test_nfe']:.0f}",
                 f"{r['train_minutes']:.1f}",
                 f"`{r['checkpoint']}`",
             ]
         )
-    return _table(["run", "seed", "score", "test NFE", "train min", "model"], lines)
+    return _table(["run", "seed", "score ± s.e.", "test NFE", "train min", "model"], lines)
 
 
 def _grid_log_prob(model: nn.Module, t: float = 0.0) -> np.ndarray:
